@@ -64,6 +64,7 @@ def tiny_config(architecture: str, vocab_size: int, n_layers: int = 4, d_model: 
         num_key_value_heads=2,
         max_position_embeddings=512,
         rms_norm_eps=1e-6,
+        initializer_range=0.25,
     )
     if architecture == "qwen2":
         return Qwen2Config(**common, tie_word_embeddings=False)
@@ -71,7 +72,9 @@ def tiny_config(architecture: str, vocab_size: int, n_layers: int = 4, d_model: 
         return Qwen3Config(**common, head_dim=d_model // 4, tie_word_embeddings=True)
     if architecture == "llama":
         return LlamaConfig(**common, tie_word_embeddings=True)
-    raise ValueError(f"unknown tiny architecture {architecture!r}; choose from {TINY_ARCHITECTURES}")
+    raise ValueError(
+        f"unknown tiny architecture {architecture!r}; choose from {TINY_ARCHITECTURES}"
+    )
 
 
 def save_tiny_model(

@@ -1,0 +1,1 @@
+"""The `layerpolicy` command line (installed as layerpolicy.cli)."""

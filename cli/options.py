@@ -1,0 +1,52 @@
+"""Options shared by several commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from layerpolicy.sites import READOUT_MODES, SITE_SETS
+
+Prompts = typer.Option(
+    None,
+    "--prompts",
+    "-p",
+    help="builtin (default), a .txt/.jsonl/.json/.csv/.parquet file (BuPO layout), or hf:owner/name",
+)
+Limit = typer.Option(None, "--limit", "-n", help="Use only the first N prompts.", min=1)
+Readout = typer.Option(
+    "raw",
+    "--readout",
+    help=f"Readout mode: {' | '.join(READOUT_MODES)} (raw = the paper's, no norm).",
+)
+Sites = typer.Option(
+    "paper",
+    "--sites",
+    help=f"Readout set: {' | '.join(SITE_SETS)} (paper = resid, attn, mlp and module inputs).",
+)
+Device = typer.Option("auto", "--device", help="auto | cpu | cuda | mps")
+Offline = typer.Option(
+    False,
+    "--offline",
+    help="Never contact the hub: aliases use the packaged model of their family.",
+)
+BatchSize = typer.Option(4, "--batch-size", "-b", min=1, help="Prompts per forward pass.")
+MaxTokens = typer.Option(
+    1024, "--max-tokens", min=2, help="Truncate longer inputs (counted and warned)."
+)
+Seed = typer.Option(0, "--seed", help="Seed for sampling and bootstrap.")
+Force = typer.Option(
+    False, "--force", help="Recompute even if the output directory holds a finished run."
+)
+NoChatTemplate = typer.Option(
+    False, "--no-chat-template", help="Do not apply the tokenizer's chat template."
+)
+
+
+def out_dir(out: Path | None, *parts: str) -> Path:
+    """The output directory: the given one, or runs/<parts joined by '-'> (names made path-safe)."""
+    if out is not None:
+        return out
+    safe = "-".join(p.replace("/", "_").replace(" ", "_") for p in parts)
+    return Path("runs") / safe

@@ -1,0 +1,41 @@
+"""layerpolicy: read a language model's residual stream as a stack of internal policies.
+
+    import layerpolicy as lp
+    result = lp.analyse("smollm2-135m-instruct", "math500.parquet", limit=8, out="runs/smollm2")
+    result.summary            # per (site, layer, metric): mean, 95% CI, pooled mean
+    lp.compare([...])         # several models or before/after runs, aligned on relative depth
+    lp.train(...)             # Bottom-up Policy Optimization
+
+Heavy imports (torch, transformers) happen on first use of an attribute.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "analyse": "analysis",
+    "AnalysisConfig": "analysis",
+    "AnalysisResult": "analysis",
+    "load_run": "analysis",
+    "load_model": "models",
+    "LoadedModel": "models",
+    "load_prompts": "prompts",
+    "builtin_prompts": "prompts",
+    "compare": "compare",
+    "CompareResult": "compare",
+    "train": "train",
+    "TrainConfig": "train",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'layerpolicy' has no attribute {name!r}")
+    module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+    return getattr(module, name)

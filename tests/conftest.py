@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny random-weight Qwen2, Qwen3 and Llama models, saved once per session."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from layerpolicy.models import load_model
+from layerpolicy.models.tiny import TINY_ARCHITECTURES, save_tiny_model
+
+warnings.filterwarnings("ignore", module="transformer_lens")
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Tiny model directories by architecture (4 layers, d_model 64, vocab ~320)."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {arch: save_tiny_model(root / arch, arch) for arch in TINY_ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
+def tiny_deep_dir(tmp_path_factory) -> Path:
+    """A 6-layer tiny Llama (a different depth from the others), for comparisons."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-deep") / "llama6", "llama", n_layers=6)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_dirs):
+    """Loaded tiny models by architecture (bridges over raw weights, CPU, float32)."""
+    torch.manual_seed(0)
+    return {arch: load_model(str(path), device="cpu") for arch, path in tiny_dirs.items()}
+
+
+@pytest.fixture(params=TINY_ARCHITECTURES)
+def tiny(request, tiny_models):
+    """Each tiny architecture in turn."""
+    return tiny_models[request.param]
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    """An empty layerpolicy cache for one test."""
+    monkeypatch.setenv("LAYERPOLICY_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
