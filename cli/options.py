@@ -12,7 +12,7 @@ Prompts = typer.Option(
     None,
     "--prompts",
     "-p",
-    help="builtin (default), a .txt/.jsonl/.json/.csv/.parquet file (BuPO layout), or hf:owner/name",
+    help="builtin (default), a .txt/.jsonl/.json/.csv/.parquet file, or hf:owner/name",
 )
 Limit = typer.Option(None, "--limit", "-n", help="Use only the first N prompts.", min=1)
 Readout = typer.Option(

@@ -194,7 +194,9 @@ def batch_frame(
     """The tokens.parquet rows (docs/tables.md) for one scored batch."""
     rows = columns["row"]
     input_ids = [np.asarray(e.input_ids, dtype=np.int32) for e in encoded]
-    token_id = np.array([input_ids[r][p] for r, p in zip(rows, columns["position"], strict=True)], np.int32)
+    token_id = np.array(
+        [input_ids[r][p] for r, p in zip(rows, columns["position"], strict=True)], np.int32
+    )
     vocab_text = _token_texts(model.tokenizer, np.unique(token_id))
     frame = pd.DataFrame(
         {
