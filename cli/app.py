@@ -32,26 +32,32 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     err_console.print(f"[yellow]warning:[/] {message}", highlight=False)
 
 
-def main() -> None:
-    """Console-script entry point: user errors are one line on stderr with exit code 2."""
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line on `argv`; user errors are one line on stderr and exit code 2."""
     warnings.showwarning = _show_warning
-    _register()
+    if not app.registered_commands:
+        _register()
     try:
-        app(standalone_mode=False)
+        app(args=argv, standalone_mode=False)
     except LayerpolicyError as error:
         err_console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        return 2
     except KeyboardInterrupt:
         err_console.print(
-            "[yellow]interrupted:[/] finished prompts are saved; rerun the same command to resume"
+            "[yellow]interrupted:[/] finished prompts are saved; rerun the same command to resume",
+            soft_wrap=True,
         )
-        sys.exit(130)
-    except (typer.Abort, typer.Exit) as stop:
-        sys.exit(getattr(stop, "exit_code", 1))
-    except Exception as error:  # click usage errors
-        import click
+        return 130
+    except typer.Exit as stop:
+        return stop.exit_code
+    except typer.Abort:
+        return 1
+    except typer.TyperException as usage:  # bad options or arguments: click's usage message
+        usage.show()
+        return getattr(usage, "exit_code", 2)
+    return 0
 
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        raise
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -23,6 +23,8 @@ def entropy(
         help="Alias (qwen, llama, ...), hub id, local dir, .gguf file, or packaged name.",
     ),
     prompts: str = options.Prompts,
+    column: str = options.Column,
+    response_column: str = options.ResponseColumn,
     readout: str = options.Readout,
     sites: str = options.Sites,
     generate: int = typer.Option(
@@ -62,11 +64,12 @@ def entropy(
         temperature=temperature,
         seed=seed,
     )
+    prompt_set = options.prompt_set(prompts, limit, column, response_column)
     loaded = load_model(model, device=device, offline=offline or None)
     if loaded.info.note:
         console.print(f"[yellow]note:[/] {loaded.info.note}", highlight=False)
     run_dir = options.out_dir(out, "entropy", loaded.info.name, readout)
-    result = analyse(loaded, prompts, config=config, out=run_dir, limit=limit, force=force)
+    result = analyse(loaded, prompt_set, config=config, out=run_dir, force=force)
     print_summary(result)
     console.print(
         f"results in [bold]{result.path}[/] (tokens.parquet, summary.csv, run.json, figures/)"

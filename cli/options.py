@@ -50,3 +50,23 @@ def out_dir(out: Path | None, *parts: str) -> Path:
         return out
     safe = "-".join(p.replace("/", "_").replace(" ", "_") for p in parts)
     return Path("runs") / safe
+
+
+Column = typer.Option(None, "--column", help="Prompt column of a table source.")
+ResponseColumn = typer.Option(
+    None, "--response-column", help="Column with a given response to score (response only)."
+)
+AnswerColumn = typer.Option(None, "--answer-column", help="Column with the ground-truth answer.")
+
+
+def prompt_set(prompts, limit, column=None, response_column=None, answer_column=None):
+    """Load the prompt source the options name."""
+    from layerpolicy.prompts import load_prompts
+
+    return load_prompts(
+        prompts,
+        limit=limit,
+        column=column,
+        response_column=response_column,
+        answer_column=answer_column,
+    )

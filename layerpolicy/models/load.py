@@ -106,8 +106,6 @@ def load_model(
     raw readout H^l W_U is faithful.
     """
     source = resolve_spec(spec, offline=offline)
-    if source.kind != "hub":
-        os.environ["HF_HUB_OFFLINE"] = "1"
     location = local_directory(source, progress=progress)
     torch_device = choose_device(device)
     hf_model = _load_hf_model(location, dtype, source)

@@ -1,0 +1,182 @@
+"""The analysis API and `layerpolicy entropy`: outputs, resume, and errors on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import layerpolicy.analysis as analysis
+from cli.app import main
+from layerpolicy.analysis import AnalysisConfig, analyse, load_run
+from layerpolicy.errors import RunDirectoryError
+from layerpolicy.prompts import load_prompts
+from layerpolicy.runs import RunDirectory
+
+FAST = AnalysisConfig(batch_size=2, n_boot=50)
+
+
+def test_entropy_cli_writes_tables_record_and_figures(tiny_dirs, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "entropy",
+            "--model",
+            str(tiny_dirs["qwen3"]),
+            "--limit",
+            "3",
+            "--out",
+            str(out),
+            "--batch-size",
+            "2",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    tokens = pd.read_parquet(out / "tokens.parquet")
+    assert set(tokens.site) == {"embed", "attn_in", "attn", "mlp_in", "mlp", "resid", "final"}
+    assert tokens.prompt_id.nunique() == 3 and (tokens.readout == "raw").all()
+    summary = pd.read_csv(out / "summary.csv")
+    assert {"entropy", "entropy_change", "kl_to_final"} <= set(summary.metric)
+    assert (summary.ci_low <= summary["mean"] + 1e-9).all()
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "complete" and record["settings"]["readout"] == "raw"
+    assert record["kl_direction"] == "KL(pi_theta || readout)"
+    assert record["versions"]["torch"]
+    for name in ("entropy_profile", "entropy_change", "kl_to_final", "heatmap_first_prompt"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 0
+        assert (out / "figures" / f"{name}.svg").stat().st_size > 0
+    assert "final (pi_theta)" in capsys.readouterr().out
+
+
+def test_final_entropy_in_summary_matches_the_token_table(tiny_models):
+    result = analyse(tiny_models["llama"], load_prompts(None, limit=2), config=FAST, progress=False)
+    final_tokens = result.tokens[result.tokens.site == "final"]
+    final_row = result.summary.query("metric == 'entropy' and site == 'final'").iloc[0]
+    assert final_row.pooled_mean == pytest.approx(final_tokens.entropy.mean(), rel=1e-5)
+    assert final_row.layer == final_row.n_layers == 4
+
+
+def test_interrupted_run_resumes_and_matches_uninterrupted(tiny_models, tmp_path, monkeypatch):
+    model = tiny_models["qwen2"]
+    prompts = load_prompts(None, limit=5)
+    reference = analyse(model, prompts, config=FAST, progress=False, out=tmp_path / "whole")
+
+    real_score = analysis.score_batch
+    calls = {"n": 0}
+
+    def interrupt_second_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_score(*args, **kwargs)
+
+    monkeypatch.setattr(analysis, "score_batch", interrupt_second_batch)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        analyse(model, prompts, config=FAST, progress=False, out=out)
+    assert len(list((out / "parts").glob("part-*.parquet"))) == 1
+    assert not (out / "summary.csv").exists()
+
+    scored: list[str] = []
+
+    def count(model_, encoded, config):
+        scored.extend(e.prompt_id for e in encoded)
+        return real_score(model_, encoded, config)
+
+    monkeypatch.setattr(analysis, "score_batch", count)
+    resumed = analyse(model, prompts, config=FAST, progress=False, out=out)
+    assert scored == [item.id for item in prompts.items[2:]]
+    key = ["prompt_id", "site", "layer", "position"]
+    a = reference.tokens.sort_values(key).reset_index(drop=True)
+    b = resumed.tokens.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_finished_run_is_loaded_not_recomputed(tiny_models, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    first = analyse(
+        tiny_models["qwen2"], load_prompts(None, limit=2), config=FAST, progress=False, out=out
+    )
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished run was recomputed")
+
+    monkeypatch.setattr(analysis, "score_batch", fail)
+    again = analyse(
+        tiny_models["qwen2"], load_prompts(None, limit=2), config=FAST, progress=False, out=out
+    )
+    pd.testing.assert_frame_equal(first.summary, again.summary, check_dtype=False)
+    assert load_run(out).record["status"] == "complete"
+
+
+def test_other_settings_in_the_same_directory_are_refused(tiny_models, tmp_path):
+    out = tmp_path / "run"
+    prompts = load_prompts(None, limit=2)
+    RunDirectory(out).start({"settings": {"model": "x", "readout": "raw"}}, force=False)
+    with pytest.raises(RunDirectoryError, match="other settings"):
+        analyse(tiny_models["qwen2"], prompts, config=FAST, progress=False, out=out)
+
+
+def test_generate_scores_sampled_response_only_and_is_reproducible(tiny_models):
+    config = AnalysisConfig(generate=5, n_boot=20, seed=3)
+    prompts = load_prompts(None, limit=2)
+    first = analyse(tiny_models["llama"], prompts, config=config, progress=False)
+    second = analyse(tiny_models["llama"], prompts, config=config, progress=False)
+    pd.testing.assert_frame_equal(first.tokens, second.tokens)
+    per_prompt = first.tokens[first.tokens.site == "final"].groupby("prompt_id").size()
+    assert (per_prompt <= 5).all() and (per_prompt >= 1).all()
+    assert (first.tokens.target_id >= 0).all()
+
+
+def test_logit_lens_readout_differs_from_raw_except_final(tiny_models):
+    prompts = load_prompts(None, limit=2)
+    raw = analyse(tiny_models["qwen2"], prompts, config=FAST, progress=False)
+    lens = analyse(
+        tiny_models["qwen2"],
+        prompts,
+        config=AnalysisConfig(readout="logit-lens", n_boot=50),
+        progress=False,
+    )
+    final = lambda r: r.tokens[r.tokens.site == "final"].entropy.to_numpy()  # noqa: E731
+    np.testing.assert_allclose(final(raw), final(lens), atol=1e-6)
+    mid = lambda r: r.tokens.query("site == 'resid' and layer == 2").entropy.to_numpy()  # noqa: E731
+    assert np.abs(mid(raw) - mid(lens)).max() > 1e-2
+    assert (lens.tokens.readout == "logit-lens").all()
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "message"),
+    [
+        ("", "empty.txt", "no prompts"),
+        (b"\x00\x01\x02binary", "weird.txt", "not utf-8 text"),
+        ('{"question": "hi"}\n', "rows.jsonl", "no prompt column 'nope'"),
+    ],
+)
+def test_bad_prompt_sources_are_one_line_errors(
+    tiny_dirs, tmp_path, capsys, content, name, message
+):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    args = [
+        "entropy",
+        "--model",
+        str(tiny_dirs["qwen2"]),
+        "--prompts",
+        str(path),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    if name == "rows.jsonl":
+        args += ["--column", "nope"]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err.lower() and err.strip().count("\n") == 0
+
+
+def test_missing_prompt_file_names_the_path(tiny_dirs, tmp_path, capsys):
+    missing = tmp_path / "nowhere.parquet"
+    code = main(["entropy", "--model", str(tiny_dirs["qwen2"]), "--prompts", str(missing)])
+    assert code == 2 and str(missing) in capsys.readouterr().err
