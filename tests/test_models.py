@@ -52,7 +52,7 @@ def test_unknown_spec_suggests_close_matches():
 
 
 def test_directory_without_config_and_missing_gguf(tmp_path):
-    with pytest.raises(ModelNotFoundError, match="no config.json"):
+    with pytest.raises(ModelNotFoundError, match=r"no config\.json"):
         resolve_spec(str(tmp_path))
     with pytest.raises(ModelNotFoundError, match="GGUF file not found"):
         resolve_spec(str(tmp_path / "model.gguf"))
@@ -81,7 +81,7 @@ def test_nan_weights_are_refused(tiny_dirs, tmp_path):
     name = next(k for k in weights if "layers.1.mlp" in k)
     weights[name][0, 0] = torch.nan
     save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(LayerpolicyError, match="NaN or infinite weights in .*layers.1.mlp"):
+    with pytest.raises(LayerpolicyError, match=r"NaN or infinite weights in .*layers\.1\.mlp"):
         load_model(str(broken), device="cpu")
 
 

@@ -177,6 +177,15 @@ def test_converted_gguf_dir_missing_file(cache, tmp_path):
         gguf.converted_gguf_dir(tmp_path / "missing.gguf")
 
 
+def test_convert_gguf_rejects_a_file_that_is_not_gguf(tmp_path):
+    path = tmp_path / "bad.gguf"
+    path.write_bytes(b"not a gguf file")
+    with pytest.raises(LayerpolicyError, match=r"could not convert bad\.gguf") as info:
+        gguf.convert_gguf(path, tmp_path / "out", progress=False)
+    assert "\n" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf"]
+
+
 @pytest.fixture(scope="session")
 def slow_cache(tmp_path_factory) -> Path:
     """The CI runner's LAYERPOLICY_CACHE when set (reused across runs), else a fresh one."""

