@@ -22,9 +22,9 @@ err_console = Console(stderr=True)
 
 
 def _register() -> None:
-    from . import entropy, models
+    from . import compare, entropy, models, train
 
-    for module in (entropy, models):
+    for module in (entropy, compare, train, models):
         module.register(app)
 
 
@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         err_console.print(
-            "[yellow]interrupted:[/] finished prompts are saved; rerun the same command to resume",
+            "[yellow]interrupted:[/] finished work is saved; rerun the same command to resume "
+            "(train: add --resume)",
             soft_wrap=True,
         )
         return 130

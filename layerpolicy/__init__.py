@@ -27,8 +27,9 @@ _EXPORTS = {
     "builtin_prompts": "prompts",
     "compare": "compare",
     "CompareResult": "compare",
-    "train": "train",
-    "TrainConfig": "train",
+    "train": "bupo",
+    "TrainConfig": "bupo",
+    "TrainResult": "bupo",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]

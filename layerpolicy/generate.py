@@ -34,14 +34,15 @@ def sample_response(
 ) -> tuple[int, ...]:
     """Sample one response (token ids, ending with EOS if the model stopped) from pi_theta.
 
-    Pure sampling from softmax(logits / temperature): no top-k, no top-p.
+    Pure sampling from softmax(logits / temperature): no top-k, no top-p. Runs on the plain
+    Hugging Face view of the model (the bridge's attention ignores transformers' KV cache).
     """
     ids = torch.tensor([list(prompt_ids)], device=model.device)
     torch.manual_seed(seed)
     pad = model.tokenizer.pad_token_id
     stops = stop_token_ids(model.tokenizer, model.hf_model)
     with torch.inference_mode():
-        out = model.hf_model.generate(
+        out = model.plain.generate(
             ids,
             attention_mask=torch.ones_like(ids),
             do_sample=temperature > 0,

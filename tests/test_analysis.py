@@ -180,3 +180,19 @@ def test_missing_prompt_file_names_the_path(tiny_dirs, tmp_path, capsys):
     missing = tmp_path / "nowhere.parquet"
     code = main(["entropy", "--model", str(tiny_dirs["qwen2"]), "--prompts", str(missing)])
     assert code == 2 and str(missing) in capsys.readouterr().err
+
+
+def test_sampled_response_equals_step_by_step_sampling_without_cache(tiny_models):
+    """Generation with a KV cache must give what a full forward per step gives."""
+    import torch
+
+    from layerpolicy.generate import sample_response
+
+    model = tiny_models["qwen2"]
+    prompt = list(model.tokenizer("What is 6 * 8?")["input_ids"])
+    greedy = sample_response(model, prompt, max_new_tokens=6, temperature=0.0)
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(len(greedy)):
+            ids.append(int(model.hf_model(torch.tensor([ids])).logits[0, -1].argmax()))
+    assert list(greedy) == ids[len(prompt) :]

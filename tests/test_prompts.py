@@ -23,7 +23,7 @@ from layerpolicy.prompts import (
     load_prompts,
     with_response,
 )
-from layerpolicy.train.reward import math_reward
+from layerpolicy.bupo.reward import math_reward
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MATH500 = DATA / "math500.parquet"

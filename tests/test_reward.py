@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from layerpolicy.train.reward import answers_match, extract_answer, math_reward, normalise_answer
+from layerpolicy.bupo.reward import answers_match, extract_answer, math_reward, normalise_answer
 
 
 @pytest.mark.parametrize(

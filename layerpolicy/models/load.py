@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -49,6 +50,13 @@ class LoadedModel:
     @property
     def hf_model(self) -> torch.nn.Module:
         return self.bridge.original_model
+
+    @functools.cached_property
+    def plain(self) -> torch.nn.Module:
+        """The plain Hugging Face view (shared tensors) for `generate` and `save_pretrained`."""
+        from .plain import plain_view
+
+        return plain_view(self.hf_model)
 
     @property
     def n_layers(self) -> int:
