@@ -20,6 +20,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from layerpolicy.errors import LayerpolicyError
+from layerpolicy.stats import SUMMARY_COLUMNS
 
 SITE_COLORS: dict[str, str] = {
     "embed": "#949494",
@@ -53,21 +54,6 @@ READOUT_LABELS: dict[str, str] = {
     "raw": "raw readout softmax(x W_U)",
     "logit-lens": "logit lens softmax(LN_final(x) W_U)",
 }
-SUMMARY_COLUMNS: tuple[str, ...] = (
-    "model",
-    "readout",
-    "site",
-    "layer",
-    "n_layers",
-    "rel_depth",
-    "metric",
-    "n_prompts",
-    "n_tokens",
-    "mean",
-    "ci_low",
-    "ci_high",
-    "pooled_mean",
-)
 TRAINING_LOG_COLUMNS: tuple[str, ...] = (
     "step",
     "reward_mean",
