@@ -249,15 +249,23 @@ def _write_results(
 def write_figures(result: AnalysisResult, directory: Path, *, vocab_size: int | None) -> list[Path]:
     """The standard figures of one analysis, PNG and SVG."""
     summary = result.summary
+    present = set(summary.site)
+    modules = tuple(site for site in ("resid", "attn", "mlp") if site in present)
     first_prompt = str(result.tokens["prompt_id"].iloc[0])
     drawn = {
         "entropy_profile": plots.plot_entropy_profile(
-            summary, vocab_size=vocab_size, show_norm=True
+            summary, sites=modules, vocab_size=vocab_size, show_norm=True
         ),
-        "entropy_change": plots.plot_entropy_change(summary),
-        "kl_to_final": plots.plot_kl_to_final(summary, sites=("resid", "attn", "mlp")),
+        "kl_to_final": plots.plot_kl_to_final(summary, sites=modules),
         "heatmap_first_prompt": plots.plot_token_heatmap(result.tokens, first_prompt),
     }
+    changes = tuple(
+        site
+        for site in ("attn", "mlp")
+        if site in set(summary.loc[summary.metric == "entropy_change", "site"])
+    )
+    if changes:
+        drawn["entropy_change"] = plots.plot_entropy_change(summary, sites=changes)
     paths: list[Path] = []
     for name, fig in drawn.items():
         paths += plots.save_figure(fig, directory / name)

@@ -196,3 +196,15 @@ def test_sampled_response_equals_step_by_step_sampling_without_cache(tiny_models
         for _ in range(len(greedy)):
             ids.append(int(model.hf_model(torch.tensor([ids])).logits[0, -1].argmax()))
     assert list(greedy) == ids[len(prompt) :]
+
+
+@pytest.mark.parametrize("sites", ["resid", "modules"])
+def test_smaller_site_sets_write_their_figures(tiny_models, tmp_path, sites):
+    out = tmp_path / sites
+    config = AnalysisConfig(sites=sites, n_boot=20)
+    result = analyse(
+        tiny_models["qwen2"], load_prompts(None, limit=2), config=config, progress=False, out=out
+    )
+    assert set(result.tokens.site) <= {"embed", "resid", "attn", "mlp", "final"}
+    assert (out / "figures" / "entropy_profile.png").is_file()
+    assert not (out / "figures" / "entropy_change.png").exists()

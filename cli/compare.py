@@ -1,0 +1,122 @@
+"""`layerpolicy compare`: several models, or one model before and after training, side by side."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from . import options
+from .app import console
+
+_SHOWN = {
+    "n_layers": "L",
+    "vocab_size": "|V|",
+    "policy_entropy": "H(pi_theta)",
+    "convergence_depth": "convergence depth",
+    "convergence_layer": "convergence layer",
+    "abruptness": "abruptness",
+    "largest_drop_share": "largest-drop share",
+    "eic_mlp": "EIC mlp",
+    "eic_attn": "EIC attn",
+    "boundary_layer": "boundary layer k",
+    "boundary_layer_index": "k index (0-based)",
+}
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare")(compare)
+
+
+def compare(
+    specs: list[str] = typer.Argument(
+        ...,
+        metavar="MODEL_OR_RUN",
+        help="Models (alias, hub id, local dir, .gguf, packaged name) or run directories "
+        "(`layerpolicy entropy` runs, or a training run with before/ and after/).",
+    ),
+    prompts: str = options.Prompts,
+    readout: str = options.Readout,
+    sites: str = options.Sites,
+    generate: int = typer.Option(
+        0, "--generate", min=0, help="Sample up to N new tokens per prompt; score the response."
+    ),
+    temperature: float = typer.Option(1.0, "--temperature", min=0.0, help="Sampling temperature."),
+    limit: int = options.Limit,
+    batch_size: int = options.BatchSize,
+    max_tokens: int = options.MaxTokens,
+    device: str = options.Device,
+    seed: int = options.Seed,
+    no_chat_template: bool = options.NoChatTemplate,
+    offline: bool = options.Offline,
+    x: str = typer.Option(
+        "rel_depth", "--x", help="Depth axis of the figures: rel_depth (l/L) or layer (l)."
+    ),
+    allow_mixed_readouts: bool = typer.Option(
+        False, "--allow-mixed-readouts", help="Compare runs made with different readouts."
+    ),
+    cache: Path = typer.Option(
+        Path("runs") / "cache", "--cache", help="Where analysed models are kept for reuse."
+    ),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Output directory (default runs/compare-A-B-...)."
+    ),
+    force: bool = options.Force,
+) -> None:
+    """Overlay entropy, module entropy change and KL to final; tabulate shape statistics."""
+    from layerpolicy.analysis import AnalysisConfig
+    from layerpolicy.compare import compare as run_compare
+
+    config = AnalysisConfig(
+        readout=readout,
+        sites=sites,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        chat_template=not no_chat_template,
+        generate=generate or None,
+        temperature=temperature,
+        seed=seed,
+    )
+    out_dir = options.out_dir(out, "compare", *(Path(s).name for s in specs))
+    started = time.perf_counter()
+    result = run_compare(
+        specs,
+        prompts,
+        config=config,
+        out=out_dir,
+        limit=limit,
+        x=x,
+        offline=offline or None,
+        device=device,
+        allow_mixed_readouts=allow_mixed_readouts,
+        force=force,
+        cache=cache,
+    )
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    print_comparison(result.comparison)
+    console.print(result.reading, highlight=False)
+    console.print(
+        f"results in [bold]{result.path}[/] (comparison.csv, comparison.md, figures/) "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
+
+
+def print_comparison(comparison) -> None:
+    """Shape statistics, one column per model (entropies in nats; definitions in docs/shape.md)."""
+    table = Table(title="shape statistics · nats · docs/shape.md")
+    table.add_column("")
+    for name in comparison["model"]:
+        table.add_column(str(name), justify="right", overflow="fold")
+    for column, title in _SHOWN.items():
+        cells = ("-" if _missing(v) else str(v) for v in comparison[column])
+        table.add_row(title, *cells)
+    console.print(table)
+
+
+def _missing(value: object) -> bool:
+    import pandas as pd
+
+    return value is None or bool(pd.isna(value))
