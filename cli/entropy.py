@@ -41,6 +41,12 @@ def entropy(
         None, "--chunk-tokens", min=1, help="Tokens per unembedding chunk (default: automatic)."
     ),
     device: str = options.Device,
+    dtype: str = typer.Option(
+        "float32",
+        "--dtype",
+        help="Forward dtype: float32 | bfloat16 | float16 (half precision for GPUs; readouts "
+        "and metrics stay float32).",
+    ),
     seed: int = options.Seed,
     no_chat_template: bool = options.NoChatTemplate,
     offline: bool = options.Offline,
@@ -65,7 +71,12 @@ def entropy(
         seed=seed,
     )
     prompt_set = options.prompt_set(prompts, limit, column, response_column)
-    loaded = load_model(model, device=device, offline=offline or None)
+    import torch
+
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in dtypes:
+        raise typer.BadParameter(f"choose one of {', '.join(dtypes)}", param_hint="--dtype")
+    loaded = load_model(model, device=device, dtype=dtypes[dtype], offline=offline or None)
     if loaded.info.note:
         console.print(f"[yellow]note:[/] {loaded.info.note}", highlight=False)
     run_dir = options.out_dir(out, "entropy", loaded.info.name, readout)

@@ -1,14 +1,26 @@
-"""Per-token metrics of policies given as logits, streamed chunk by chunk, in float32 nats.
+"""Per-token metrics of policies given as logits, streamed block by block, in float32 nats.
 
-No knowledge of models or files. Every metric of one readout comes from one logits chunk
-z [n, vocab] in a single call, so the unembedding is paid once per (readout, chunk).
+No knowledge of models or files. Every metric of one readout comes from one pass over its logits
+z [n, vocab], fed as vocabulary blocks [n, w] (`ReadoutStats.update`): each block is read while
+it is still in cache, so the unembedding matmul that produced it stays the dominant cost, and no
+[n, vocab] temporary is made. Per block it keeps the block max m_b, s_b = sum exp(z - m_b),
+u_b = sum exp(z - m_b) (z - m_b), sum p_ref z and count(z > z_target); `result` combines them:
+
+    lse = M + log S,   entropy = log S - U / S,   KL(pi_theta || q) = -H(pi_theta) - E_p[z] + lse
+
+with M the overall max, S = sum_b e^{m_b - M} s_b, U = sum_b e^{m_b - M} (u_b + (m_b - M) s_b).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+
+CPU_BLOCK_BYTES = 2 * 2**20  # a CPU vocabulary block [n, w] float32 stays in cache
+LOG2_E = 1.0 / math.log(2.0)
+EXP2_FLOOR = -125.0  # 2^-125 = 2.4e-38: below it exp2 is subnormal (slow on x86), adds < 1e-31
 
 
 @dataclass(frozen=True)
@@ -20,11 +32,15 @@ class ReferencePolicy:
     argmax: torch.Tensor  # [n]
 
 
-def reference_policy(final_logits: torch.Tensor) -> ReferencePolicy:
+def reference_policy(final_logits: torch.Tensor, block: int | None = None) -> ReferencePolicy:
     """Summarise the model's final logits [n, vocab] for KL and top-1 agreement."""
-    logp = torch.log_softmax(final_logits.float(), dim=-1)
-    probs = logp.exp()
-    return ReferencePolicy(probs, _rowdot(probs, logp), final_logits.argmax(dim=-1))
+    z = final_logits.float()
+    stats = ReadoutStats(torch.full(z.shape[:1], -1, device=z.device), None)
+    stats.feed(z, block)
+    lse = stats.logsumexp()
+    return ReferencePolicy(
+        torch.exp(z - lse.unsqueeze(-1)), -stats.entropy(), final_logits.argmax(dim=-1)
+    )
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -38,36 +54,25 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
 
 def readout_metrics(
-    logits: torch.Tensor, targets: torch.Tensor, reference: ReferencePolicy | None
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    reference: ReferencePolicy | None,
+    block: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """All metrics of one readout chunk.
 
     logits [n, vocab] float32; targets [n] token ids (-1 = no target); reference: pi_theta for
-    the same tokens (None skips KL and top-1 agreement). Returns [n] tensors: entropy,
-    kl_to_final = KL(pi_theta || readout), target_logprob, target_rank (1 + count of larger
-    logits, no sort), top1_agree. Target metrics are NaN where targets == -1.
+    the same tokens (None skips KL and top-1 agreement); block: vocabulary entries per pass
+    (None: `block_width`; results do not depend on it beyond float rounding). Returns [n]
+    tensors: entropy, kl_to_final = KL(pi_theta || readout), target_logprob, target_rank
+    (1 + count of larger logits, no sort), top1_agree. Target metrics are NaN where
+    targets == -1.
     """
     z = logits.float()
-    has_target = targets >= 0
-    safe_targets = targets.clamp(min=0).unsqueeze(-1)
-    target_logit = z.gather(-1, safe_targets)
-    rank = (z > target_logit).sum(dim=-1).float() + 1.0
-    top_value, top_index = z.max(dim=-1)
-    shifted = z - top_value.unsqueeze(-1)
-    e = shifted.exp()
-    s = e.sum(dim=-1)
-    log_s = s.log()
-    lse = top_value + log_s
-    out = {
-        "entropy": log_s - _rowdot(e, shifted) / s,
-        "target_logprob": torch.where(has_target, target_logit.squeeze(-1) - lse, torch.nan),
-        "target_rank": torch.where(has_target, rank, torch.nan),
-    }
-    if reference is not None:
-        kl = reference.neg_entropy - _rowdot(reference.probs, z) + lse
-        out["kl_to_final"] = kl.clamp(min=0.0)
-        out["top1_agree"] = top_index == reference.argmax
-    return out
+    target_logits = z.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    stats = ReadoutStats(targets, reference, target_logits)
+    stats.feed(z, block)
+    return stats.result()
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
@@ -75,6 +80,158 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return x.float().pow(2).mean(dim=-1).sqrt()
 
 
-def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise dot product of [n, v] tensors without an [n, v] temporary."""
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).reshape(a.shape[0])
+def block_width(
+    vocab_size: int, rows: int, device: torch.device, requested: int | None = None
+) -> int:
+    """Vocabulary entries per block of `rows` rows: `requested`; else on CPU as many as keep a
+    block within CPU_BLOCK_BYTES (at least 256), elsewhere the whole vocabulary."""
+    if requested is None:
+        if device.type != "cpu":
+            return vocab_size
+        requested = max(256, CPU_BLOCK_BYTES // (4 * max(1, rows)))
+    return max(1, min(requested, vocab_size))
+
+
+class BlockPicks:
+    """For ids [n] (one vocabulary entry per row, -1 = none): which rows fall in each block.
+
+    Built once per chunk and shared by every readout of it, so picking the exact logit of the
+    target (or of pi_theta's argmax) costs one small indexing per block.
+    """
+
+    def __init__(self, ids: torch.Tensor, width: int, vocab_size: int):
+        self.width = width
+        n_blocks = -(-vocab_size // width)
+        valid = torch.nonzero(ids >= 0).squeeze(-1)
+        order = valid[torch.argsort(ids[valid])]
+        bounds = torch.searchsorted(
+            ids[order], torch.arange(n_blocks + 1, device=ids.device) * width
+        ).tolist()
+        self.rows = [order[bounds[b] : bounds[b + 1]] for b in range(n_blocks)]
+        self.cols = [ids[rows] - b * width for b, rows in enumerate(self.rows)]
+
+    def take(self, block: torch.Tensor, index: int, out: torch.Tensor) -> None:
+        """Copy block[row, col] into out[row] for the rows whose id lies in block `index`."""
+        rows = self.rows[index]
+        if rows.numel():
+            out[rows] = block[rows, self.cols[index]]
+
+
+class ReadoutStats:
+    """Streaming metrics of one readout chunk; feed its vocabulary blocks in order, then read.
+
+    targets [n] (-1 = none); reference: pi_theta of the same rows (None: no KL, no top-1);
+    target_logits [n]: the threshold of the rank count, known before the blocks arrive (None:
+    no rank). The logits reported are taken exactly from the blocks, and the target itself is
+    never counted, so a threshold computed apart (x . W_U[target]) only matters for logits tied
+    with the target to rounding. picks: `BlockPicks` of the targets and of pi_theta's argmax
+    (built by `feed` when not given); scratch: a reusable float32 buffer of >= 2 n w entries.
+    expected_logit [n]: E_{pi_theta}[z] when the caller knows it (for z = x W_U^T it is
+    x . (pi_theta W_U), a d_model dot product); otherwise it is summed from reference.probs
+    block by block.
+    """
+
+    def __init__(
+        self,
+        targets: torch.Tensor,
+        reference: ReferencePolicy | None,
+        target_logits: torch.Tensor | None = None,
+        picks: tuple[BlockPicks, BlockPicks | None] | None = None,
+        scratch: torch.Tensor | None = None,
+        expected_logit: torch.Tensor | None = None,
+    ):
+        n = targets.shape[0]
+        device = targets.device
+        self.targets = targets
+        self.reference = reference
+        self.threshold = None if target_logits is None else target_logits.float().unsqueeze(-1)
+        self.picks = picks
+        self.scratch = scratch
+        self.block_max: list[torch.Tensor] = []
+        self.block_sum: list[torch.Tensor] = []
+        self.block_u: list[torch.Tensor] = []
+        self.expected_logit = expected_logit
+        self.ref_dot = torch.zeros(n, device=device)
+        self.count = torch.zeros(n, device=device)
+        self.target_logit = torch.full((n,), torch.nan, device=device)
+        self.at_ref_argmax = torch.full((n,), torch.nan, device=device)
+        self._start = 0
+        self._index = 0
+
+    def feed(self, logits: torch.Tensor, block: int | None = None) -> None:
+        """Feed a whole [n, vocab] logits tensor, block by block."""
+        vocab = logits.shape[1]
+        width = block_width(vocab, logits.shape[0], logits.device, block)
+        if self.picks is None:
+            self.picks = (
+                BlockPicks(self.targets, width, vocab),
+                None if self.reference is None else BlockPicks(self.reference.argmax, width, vocab),
+            )
+        for start in range(0, vocab, width):
+            self.update(logits[:, start : start + width])
+
+    def update(self, z: torch.Tensor) -> None:
+        """Consume the next vocabulary block z [n, w] (float32; not modified)."""
+        n, w = z.shape
+        if self.scratch is None or self.scratch.numel() < 2 * n * w:
+            self.scratch = torch.empty(2 * n * w, device=z.device)
+        tmp = self.scratch[: n * w].view(n, w)
+        ex = self.scratch[n * w : 2 * n * w].view(n, w)
+        target_picks, ref_picks = self.picks
+        if target_picks is not None:
+            target_picks.take(z, self._index, self.target_logit)
+        if ref_picks is not None:
+            ref_picks.take(z, self._index, self.at_ref_argmax)
+        if self.reference is not None and self.expected_logit is None:
+            probs = self.reference.probs[:, self._start : self._start + w]
+            self.ref_dot += torch.mul(z, probs, out=tmp).sum(dim=-1)
+        if self.threshold is not None:
+            self.count += torch.gt(z, self.threshold, out=tmp).sum(dim=-1)
+        m = z.amax(dim=-1)
+        # exp(z - m) as 2^((z - m) log2 e): exp2 is twice as fast as exp on CPU
+        torch.sub(z, m.unsqueeze(-1), out=tmp).mul_(LOG2_E).clamp_(min=EXP2_FLOOR)
+        torch.exp2(tmp, out=ex)
+        self.block_max.append(m)
+        self.block_sum.append(ex.sum(dim=-1))
+        self.block_u.append(tmp.mul_(ex).sum(dim=-1).div_(LOG2_E))
+        self._start += w
+        self._index += 1
+
+    def _combined(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        m = torch.stack(self.block_max)
+        s = torch.stack(self.block_sum)
+        u = torch.stack(self.block_u)
+        top = m.amax(dim=0)
+        scale = torch.exp(m - top)
+        total = (scale * s).sum(dim=0)
+        spread = (scale * (u + (m - top) * s)).sum(dim=0)
+        return top, total, spread
+
+    def logsumexp(self) -> torch.Tensor:
+        top, total, _ = self._combined()
+        return top + total.log()
+
+    def entropy(self) -> torch.Tensor:
+        _, total, spread = self._combined()
+        return total.log() - spread / total
+
+    def result(self) -> dict[str, torch.Tensor]:
+        """entropy, target_logprob, target_rank (+ kl_to_final, top1_agree with a reference)."""
+        top, total, spread = self._combined()
+        lse = top + total.log()
+        has_target = self.targets >= 0
+        if self.threshold is None:
+            rank = torch.full_like(lse, torch.nan)
+        else:  # the target itself is counted when its exact logit exceeds the threshold
+            rank = self.count + 1.0 - (self.target_logit > self.threshold.squeeze(-1)).float()
+        out = {
+            "entropy": total.log() - spread / total,
+            "target_logprob": torch.where(has_target, self.target_logit - lse, torch.nan),
+            "target_rank": torch.where(has_target, rank, torch.nan),
+        }
+        if self.reference is not None:
+            expected = self.ref_dot if self.expected_logit is None else self.expected_logit
+            kl = self.reference.neg_entropy - expected + lse
+            out["kl_to_final"] = kl.clamp(min=0.0)
+            out["top1_agree"] = self.at_ref_argmax >= top
+        return out

@@ -16,6 +16,8 @@ LN_final(x) W_U (tuned-lens / Entropy-Lens). Both need unprocessed weights.
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -81,7 +83,10 @@ class Unembedding:
     """Projects d_model vectors onto the vocabulary: raw, logit-lens, and the model's final policy.
 
     Uses the Hugging Face modules themselves (lm_head, final norm), so readouts are faithful to
-    the checkpoint. Inputs [n, d_model], outputs float32 logits [n, vocab].
+    the checkpoint. Inputs [n, d_model], outputs float32 logits [n, vocab]. Readouts run in
+    float32 whatever the model's dtype: a bf16/fp16 model gets float32 copies of W_U, its bias
+    and the final norm (made once, on first use). Only `raw` with gradients enabled uses the
+    model's own weight (so training reaches it), in the model's dtype.
     """
 
     def __init__(self, hf_model: torch.nn.Module):
@@ -89,24 +94,56 @@ class Unembedding:
         self.weight = head.weight
         bias = getattr(head, "bias", None)
         self.bias = bias if bias is not None and bool(bias.detach().any()) else None
-        self.final_norm: Callable[[torch.Tensor], torch.Tensor] = _unwrap(_final_norm(hf_model))
+        self._norm = _unwrap(_final_norm(hf_model))
         self.softcap = getattr(hf_model.config, "final_logit_softcapping", None)
 
     @property
     def has_bias(self) -> bool:
         return self.bias is not None
 
+    @property
+    def vocab_size(self) -> int:
+        return int(self.weight.shape[0])
+
+    @functools.cached_property
+    def weight32(self) -> torch.Tensor:
+        """W_U [vocab, d_model] in float32, without autograd (the weight itself if float32)."""
+        return self.weight.detach().float()
+
+    @functools.cached_property
+    def bias32(self) -> torch.Tensor | None:
+        return None if self.bias is None else self.bias.detach().float()
+
+    @functools.cached_property
+    def final_norm(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """LN_final with float32 parameters (the module itself if it already is float32)."""
+        params = list(self._norm.parameters())
+        if all(p.dtype == torch.float32 for p in params):
+            return self._norm
+        return copy.deepcopy(self._norm).float()
+
     def raw(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.to(self.weight.dtype), self.weight, self.bias).float()
+        """x W_U (+ bias) as float32 logits. With gradients enabled it runs on the model's own
+        weight in the model's dtype, so a training loss reaches W_U."""
+        if torch.is_grad_enabled():
+            return F.linear(x.to(self.weight.dtype), self.weight, self.bias).float()
+        return F.linear(x.float(), self.weight32, self.bias32)
 
     def logit_lens(self, x: torch.Tensor) -> torch.Tensor:
-        return self.raw(self.final_norm(x.to(self.weight.dtype)))
+        return self.raw(self.normed(x))
+
+    def normed(self, x: torch.Tensor) -> torch.Tensor:
+        """LN_final(x) in float32 (the final norm's float32 copy)."""
+        return self.final_norm(x.float())
 
     def final(self, h_last: torch.Tensor) -> torch.Tensor:
         """The model's own logits from H^L (final norm, unembedding, soft-cap)."""
-        logits = self.logit_lens(h_last)
+        return self.cap(self.logit_lens(h_last))
+
+    def cap(self, logits: torch.Tensor) -> torch.Tensor:
+        """The model's final-logit soft-cap (Gemma-2 style tanh), identity without one."""
         if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
+            return torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
     def readout(self, x: torch.Tensor, mode: str) -> torch.Tensor:
@@ -115,6 +152,29 @@ class Unembedding:
         if mode == "logit-lens":
             return self.logit_lens(x)
         raise ValueError(f"unknown readout mode {mode!r}; choose from {READOUT_MODES}")
+
+    def prepared(self, x: torch.Tensor, mode: str) -> torch.Tensor:
+        """The float32 vector that W_U multiplies for readout `mode`: x, or LN_final(x)."""
+        if mode == "raw":
+            return x.float()
+        if mode == "logit-lens":
+            return self.normed(x)
+        raise ValueError(f"unknown readout mode {mode!r}; choose from {READOUT_MODES}")
+
+    def block(self, x32: torch.Tensor, start: int, stop: int, out: torch.Tensor) -> torch.Tensor:
+        """Logits of vocabulary entries start..stop-1 for prepared float32 x [n, d] into `out`
+        [n, stop - start] (contiguous): one matmul, no temporaries."""
+        torch.mm(x32, self.weight32[start:stop].t(), out=out)
+        if self.bias32 is not None:
+            out.add_(self.bias32[start:stop])
+        return out
+
+    def entries(self, x32: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The logits of one vocabulary entry per row, x[i] . W_U[ids[i]] (+ bias); [n]."""
+        picked = (x32 * self.weight32[ids]).sum(dim=-1)
+        if self.bias32 is not None:
+            picked = picked + self.bias32[ids]
+        return picked
 
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
