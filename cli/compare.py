@@ -67,7 +67,7 @@ def compare(
 ) -> None:
     """Overlay entropy, module entropy change and KL to final; tabulate shape statistics."""
     from layerpolicy.analysis import AnalysisConfig
-    from layerpolicy.compare import compare as run_compare
+    from layerpolicy.comparison import compare as run_compare
 
     config = AnalysisConfig(
         readout=readout,

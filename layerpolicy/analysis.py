@@ -16,7 +16,7 @@ from . import plots, shape, stats
 from .engine import EngineConfig, batch_frame, score_batch
 from .errors import LayerpolicyError
 from .generate import prompt_seed, sample_response
-from .models import LoadedModel, load_model
+from .models import LoadedModel, load_model, resolve_spec
 from .prompts import (
     EncodedPrompt,
     PromptItem,
@@ -99,14 +99,20 @@ def analyse(
     """
     config = config or AnalysisConfig()
     run = RunDirectory(out) if out is not None else None
+    prompt_set = prompts if isinstance(prompts, PromptSet) else load_prompts(prompts, limit=limit)
     if run is not None and run.is_complete() and not force:
+        name = (
+            model.info.name
+            if isinstance(model, LoadedModel)
+            else resolve_spec(model, offline=offline).name
+        )
+        run.check_settings(_settings(name, prompt_set, config))
         return load_run(run.path)
     loaded = (
         model
         if isinstance(model, LoadedModel)
         else load_model(model, device=device, offline=offline, progress=progress)
     )
-    prompt_set = prompts if isinstance(prompts, PromptSet) else load_prompts(prompts, limit=limit)
     record = _record(loaded, prompt_set, config)
     started = time.perf_counter()
     if run is not None:
@@ -125,6 +131,11 @@ def analyse(
     return result
 
 
+def _settings(model_name: str, prompt_set: PromptSet, config: AnalysisConfig) -> dict[str, Any]:
+    """What must match for a run directory to be resumed or reused."""
+    return {"model": model_name, "prompts_sha256": prompt_set.sha256, **config.recorded()}
+
+
 def _record(model: LoadedModel, prompt_set: PromptSet, config: AnalysisConfig) -> dict[str, Any]:
     return {
         "kind": "entropy",
@@ -134,11 +145,7 @@ def _record(model: LoadedModel, prompt_set: PromptSet, config: AnalysisConfig) -
             "sha256": prompt_set.sha256,
             "n_prompts": len(prompt_set.items),
         },
-        "settings": {
-            "model": model.info.name,
-            "prompts_sha256": prompt_set.sha256,
-            **config.recorded(),
-        },
+        "settings": _settings(model.info.name, prompt_set, config),
         "kl_direction": "KL(pi_theta || readout)",
         "entropy_unit": "nats",
         "versions": versions(),

@@ -136,19 +136,22 @@ class RunDirectory:
             for part in self.parts_dir.glob("part-*.parquet"):
                 part.unlink()
         elif self.exists():
-            previous = self.record().get("settings")
-            if previous != record["settings"]:
-                changed = sorted(
-                    k
-                    for k in {**previous, **record["settings"]}
-                    if previous.get(k) != record["settings"].get(k)
-                )
-                raise RunDirectoryError(
-                    f"{self.path} holds a run with other settings ({', '.join(changed)}); "
-                    "use another --out or --force to overwrite it"
-                )
+            self.check_settings(record["settings"])
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         write_json({**record, "status": "running"}, self.record_path)
+
+    def check_settings(self, settings: dict[str, Any]) -> None:
+        """Raise unless this directory's run was made with `settings`."""
+        previous = self.record().get("settings") or {}
+        if previous == settings:
+            return
+        changed = sorted(
+            key for key in {**previous, **settings} if previous.get(key) != settings.get(key)
+        )
+        raise RunDirectoryError(
+            f"{self.path} holds a run with other settings ({', '.join(changed)}); "
+            "use another --out or --force to overwrite it"
+        )
 
     def finished_prompt_ids(self) -> set[str]:
         done: set[str] = set()

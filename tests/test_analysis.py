@@ -208,3 +208,17 @@ def test_smaller_site_sets_write_their_figures(tiny_models, tmp_path, sites):
     assert set(result.tokens.site) <= {"embed", "resid", "attn", "mlp", "final"}
     assert (out / "figures" / "entropy_profile.png").is_file()
     assert not (out / "figures" / "entropy_change.png").exists()
+
+
+def test_finished_run_with_other_settings_is_refused(tiny_models, tmp_path):
+    out = tmp_path / "run"
+    prompts = load_prompts(None, limit=2)
+    analyse(tiny_models["qwen2"], prompts, config=FAST, progress=False, out=out)
+    with pytest.raises(RunDirectoryError, match="readout"):
+        analyse(
+            tiny_models["qwen2"],
+            prompts,
+            config=AnalysisConfig(readout="logit-lens"),
+            progress=False,
+            out=out,
+        )

@@ -12,7 +12,7 @@ import torch
 import layerpolicy.analysis as analysis
 from cli.app import main
 from layerpolicy.analysis import AnalysisConfig, analyse
-from layerpolicy.compare import COMPARISON_COLUMNS, compare
+from layerpolicy.comparison import COMPARISON_COLUMNS, compare
 from layerpolicy.errors import RunDirectoryError
 from layerpolicy.models.tiny import build_tiny_tokenizer, save_tiny_model, tiny_config
 

@@ -10,6 +10,9 @@ import torch
 from layerpolicy.engine import EngineConfig, batch_frame, capture, make_batch, score_batch
 from layerpolicy.metrics import (
     BlockPicks,
+    block_kernel,
+    block_stats,
+    compiled_block_stats,
     entropy_from_logits,
     readout_metrics,
     reference_policy,
@@ -109,6 +112,26 @@ def _rows(reference, rows):
     return type(reference)(
         reference.probs[rows], reference.neg_entropy[rows], reference.argmax[rows]
     )
+
+
+def test_compiled_block_kernel_equals_eager():
+    """Large CPU blocks go through torch.compile (when it works here); same numbers."""
+    compiled = compiled_block_stats()
+    if compiled is None:
+        pytest.skip("torch.compile is not available on this machine")
+    logits = random_logits(64, 3000, 5, scale=40.0)
+    threshold = logits[:, 7:8]
+    with torch.inference_mode():
+        for got, want in zip(
+            compiled(logits, threshold), block_stats(logits, threshold), strict=True
+        ):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert block_kernel(logits) is compiled
+    targets = random_targets(64, 3000, 5)
+    got = readout_metrics(logits, targets, None, block=2048)
+    readout = torch.distributions.Categorical(logits=logits.double())
+    torch.testing.assert_close(got["entropy"].double(), readout.entropy(), rtol=1e-5, atol=4e-4)
+    torch.testing.assert_close(got["target_rank"], sort_rank(logits, targets).float())
 
 
 def test_reference_policy_matches_softmax():

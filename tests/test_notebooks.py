@@ -23,13 +23,21 @@ TINY_SETTINGS = {
 }
 
 
-def with_tiny_parameters(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """Insert, after the cell tagged `parameters`, a cell overriding the names it defines."""
+def with_tiny_parameters(
+    notebook: nbformat.NotebookNode, scratch: Path | None = None
+) -> nbformat.NotebookNode:
+    """Insert, after the cell tagged `parameters`, a cell overriding the names it defines.
+
+    `scratch` is where the notebook may write (its CACHE), so tests leave the repository alone.
+    """
     index = next(
         i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", [])
     )
     defined = notebook.cells[index].source
-    lines = [f"{name} = {value}" for name, value in TINY_SETTINGS.items() if f"{name} =" in defined]
+    settings = dict(TINY_SETTINGS)
+    if scratch is not None:
+        settings["CACHE"] = repr(str(scratch / "runs-cache"))
+    lines = [f"{name} = {value}" for name, value in settings.items() if f"{name} =" in defined]
     notebook.cells.insert(index + 1, nbformat.v4.new_code_cell("\n".join(lines)))
     return notebook
 
@@ -47,7 +55,7 @@ def test_notebook_is_stored_without_outputs(path):
 def test_notebook_runs_with_tiny_settings(path, tmp_path, monkeypatch):
     monkeypatch.setenv("LAYERPOLICY_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    notebook = with_tiny_parameters(nbformat.read(path, as_version=4))
+    notebook = with_tiny_parameters(nbformat.read(path, as_version=4), tmp_path)
     NotebookClient(notebook, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()
 

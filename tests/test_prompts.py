@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from layerpolicy.bupo.reward import math_reward
 from layerpolicy.errors import OfflineError, PromptSourceError
 from layerpolicy.models.tiny import build_tiny_tokenizer
 from layerpolicy.prompts import (
@@ -23,7 +24,6 @@ from layerpolicy.prompts import (
     load_prompts,
     with_response,
 )
-from layerpolicy.bupo.reward import math_reward
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MATH500 = DATA / "math500.parquet"
