@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -150,11 +150,9 @@ def _windows(
     if len(batch.positions) == 0:
         return
     end = int(batch.positions.max()) + 1
+    everything = torch.arange(len(batch.positions), device=batch.positions.device)
     if width >= end:
-        yield (
-            torch.arange(len(batch.positions), device=batch.positions.device),
-            capture(model, batch, sites),
-        )
+        yield everything, capture(model, batch, sites)
         return
     if Site("resid", model.n_layers) not in sites:
         raise ValueError("windowed capture needs the last block's output among the sites")
@@ -167,11 +165,16 @@ def _windows(
             inside = (batch.positions >= start) & (batch.positions < stop)
             index = torch.nonzero(inside).squeeze(-1)
             vectors = _forward(model, batch, sites, start, stop, index, kv_cache)
-            if kv_cache.get_seq_length() != stop:
-                raise RuntimeError(
-                    "the KV cache did not extend across position windows; "
-                    "set EngineConfig.window_tokens large enough for one window"
+            if kv_cache.get_seq_length() != stop:  # this bridge ignores the cache
+                if start > 0:
+                    raise RuntimeError("the KV cache stopped growing between position windows")
+                warnings.warn(
+                    "the bridge does not extend the KV cache; scoring the batch in one forward "
+                    "(captured vectors then grow with its length)",
+                    stacklevel=3,
                 )
+                yield everything, capture(model, batch, sites)
+                return
             yield index, vectors
 
 
@@ -191,6 +194,7 @@ def _bridge_reads_cache(model: LoadedModel) -> Iterator[None]:
     handles = [
         block.attn.register_forward_pre_hook(rename, with_kwargs=True)
         for block in model.bridge.blocks
+        if hasattr(block, "attn")
     ]
     try:
         yield
@@ -231,10 +235,13 @@ def window_size(
 
 @functools.cache
 def _cpu_threads() -> int:
-    """Torch threads = physical cores, once per process, unless OMP_NUM_THREADS says otherwise."""
-    if os.environ.get("OMP_NUM_THREADS"):
-        return torch.get_num_threads()
-    return use_physical_cores()
+    """Torch threads = physical cores (hyper-threads slow the matmuls), once per process; a
+    lower count set before (torch.set_num_threads, OMP_NUM_THREADS) is kept."""
+    before = torch.get_num_threads()
+    cores = use_physical_cores()
+    if before < cores:
+        torch.set_num_threads(before)
+    return torch.get_num_threads()
 
 
 def score_batch(
@@ -316,7 +323,6 @@ class _ChunkScorer:
         self.final = torch.empty(size, vocab, device=device)
         self.running = torch.empty(size, vocab, device=device) if linear else None
         self.block = torch.empty(size * self.width, device=device)
-        self.scratch = torch.empty(2 * size * self.width, device=device)
 
     def score(
         self,
@@ -349,7 +355,7 @@ class _ChunkScorer:
         logits = unembed.block(unembed.normed(h_last), 0, unembed.vocab_size, out=self.final[:n])
         logits = unembed.cap(logits) if unembed.softcap else logits
         threshold = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        stats = ReadoutStats(targets, None, threshold, scratch=self.scratch)
+        stats = ReadoutStats(targets, None, threshold)
         stats.feed(logits, self.width)
         metrics = stats.result()
         argmax = logits.argmax(dim=-1)
@@ -375,9 +381,7 @@ class _ChunkScorer:
         expected = (prepared * policy.mean_row).sum(dim=-1)
         if policy.mean_bias is not None:
             expected += policy.mean_bias
-        stats = ReadoutStats(
-            targets, policy.reference, threshold, policy.picks, self.scratch, expected
-        )
+        stats = ReadoutStats(targets, policy.reference, threshold, policy.picks, expected)
         from_running = self.linear and site.name == "resid"
         for start in range(0, self.unembed.vocab_size, self.width):
             stop = min(self.unembed.vocab_size, start + self.width)

@@ -13,14 +13,18 @@ with M the overall max, S = sum_b e^{m_b - M} s_b, U = sum_b e^{m_b - M} (u_b + 
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-CPU_BLOCK_BYTES = 2 * 2**20  # a CPU vocabulary block [n, w] float32 stays in cache
+CPU_BLOCK_BYTES = 8 * 2**20  # a CPU vocabulary block [n, w] float32 stays in L3 cache
 LOG2_E = 1.0 / math.log(2.0)
-EXP2_FLOOR = -125.0  # 2^-125 = 2.4e-38: below it exp2 is subnormal (slow on x86), adds < 1e-31
+EXP2_FLOOR = -125.0  # 2^-125 = 2.4e-38; below 2^-126 floats are subnormal
+COMPILE_MIN_ELEMENTS = 2**16  # smaller blocks run eagerly (compiling would cost more than it saves)
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,49 @@ class BlockPicks:
             out[rows] = block[rows, self.cols[index]]
 
 
+def block_stats(
+    z: torch.Tensor, threshold: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One vocabulary block z [n, w]: its max m, s = sum e^(z - m), u = sum e^(z - m) (z - m)
+    and count(z > threshold [n, 1]), each [n]. e^x is computed as 2^(x log2 e): exp2 is twice
+    as fast as exp on CPU; terms below 2^EXP2_FLOOR (subnormal, slow on x86) are raised to it,
+    which adds < 1e-31 to s >= 1."""
+    m = z.amax(dim=-1, keepdim=True)
+    t = ((z - m) * LOG2_E).clamp_min(EXP2_FLOOR)
+    e = torch.exp2(t)
+    count = (z > threshold).sum(dim=-1, dtype=torch.float32)
+    return m.squeeze(-1), e.sum(dim=-1), (e * t).sum(dim=-1) / LOG2_E, count
+
+
+@functools.cache
+def compiled_block_stats() -> Callable | None:
+    """`block_stats` fused into one C++ kernel by torch.compile (CPU), or None if unavailable.
+
+    Eager, each of its ~8 tensor ops is a separate pass and a separate OpenMP region; fused, a
+    block costs one or two, which matters most when other jobs share the cores.
+    """
+    compiled = torch.compile(block_stats, dynamic=True)
+    z = torch.randn(4, 300)
+    try:
+        with torch.inference_mode():
+            got = compiled(z, z[:, :1])
+    except Exception as error:  # no C++ compiler, unsupported platform, ...
+        warnings.warn(f"torch.compile unavailable ({error}); metrics run eagerly", stacklevel=3)
+        return None
+    want = block_stats(z, z[:, :1])
+    if not all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(got, want, strict=True)):
+        warnings.warn("torch.compile gave different metrics; metrics run eagerly", stacklevel=3)
+        return None
+    return compiled
+
+
+def block_kernel(z: torch.Tensor) -> Callable:
+    """`block_stats`, compiled for large CPU blocks (COMPILE_MIN_ELEMENTS and up)."""
+    if z.device.type == "cpu" and z.numel() >= COMPILE_MIN_ELEMENTS:
+        return compiled_block_stats() or block_stats
+    return block_stats
+
+
 class ReadoutStats:
     """Streaming metrics of one readout chunk; feed its vocabulary blocks in order, then read.
 
@@ -125,10 +172,9 @@ class ReadoutStats:
     no rank). The logits reported are taken exactly from the blocks, and the target itself is
     never counted, so a threshold computed apart (x . W_U[target]) only matters for logits tied
     with the target to rounding. picks: `BlockPicks` of the targets and of pi_theta's argmax
-    (built by `feed` when not given); scratch: a reusable float32 buffer of >= 2 n w entries.
-    expected_logit [n]: E_{pi_theta}[z] when the caller knows it (for z = x W_U^T it is
-    x . (pi_theta W_U), a d_model dot product); otherwise it is summed from reference.probs
-    block by block.
+    (built by `feed` when not given). expected_logit [n]: E_{pi_theta}[z] when the caller knows
+    it (for z = x W_U^T it is x . (pi_theta W_U), a d_model dot product); otherwise it is
+    summed from reference.probs block by block.
     """
 
     def __init__(
@@ -137,26 +183,25 @@ class ReadoutStats:
         reference: ReferencePolicy | None,
         target_logits: torch.Tensor | None = None,
         picks: tuple[BlockPicks, BlockPicks | None] | None = None,
-        scratch: torch.Tensor | None = None,
         expected_logit: torch.Tensor | None = None,
     ):
         n = targets.shape[0]
         device = targets.device
         self.targets = targets
         self.reference = reference
-        self.threshold = None if target_logits is None else target_logits.float().unsqueeze(-1)
+        self.has_threshold = target_logits is not None
+        self.threshold = (
+            torch.full((n, 1), torch.inf, device=device)
+            if target_logits is None
+            else target_logits.float().unsqueeze(-1)
+        )
         self.picks = picks
-        self.scratch = scratch
-        self.block_max: list[torch.Tensor] = []
-        self.block_sum: list[torch.Tensor] = []
-        self.block_u: list[torch.Tensor] = []
         self.expected_logit = expected_logit
+        self.blocks: list[tuple[torch.Tensor, ...]] = []
         self.ref_dot = torch.zeros(n, device=device)
-        self.count = torch.zeros(n, device=device)
         self.target_logit = torch.full((n,), torch.nan, device=device)
         self.at_ref_argmax = torch.full((n,), torch.nan, device=device)
         self._start = 0
-        self._index = 0
 
     def feed(self, logits: torch.Tensor, block: int | None = None) -> None:
         """Feed a whole [n, vocab] logits tensor, block by block."""
@@ -172,58 +217,43 @@ class ReadoutStats:
 
     def update(self, z: torch.Tensor) -> None:
         """Consume the next vocabulary block z [n, w] (float32; not modified)."""
-        n, w = z.shape
-        if self.scratch is None or self.scratch.numel() < 2 * n * w:
-            self.scratch = torch.empty(2 * n * w, device=z.device)
-        tmp = self.scratch[: n * w].view(n, w)
-        ex = self.scratch[n * w : 2 * n * w].view(n, w)
+        index = len(self.blocks)
         target_picks, ref_picks = self.picks
-        if target_picks is not None:
-            target_picks.take(z, self._index, self.target_logit)
+        target_picks.take(z, index, self.target_logit)
         if ref_picks is not None:
-            ref_picks.take(z, self._index, self.at_ref_argmax)
+            ref_picks.take(z, index, self.at_ref_argmax)
         if self.reference is not None and self.expected_logit is None:
-            probs = self.reference.probs[:, self._start : self._start + w]
-            self.ref_dot += torch.mul(z, probs, out=tmp).sum(dim=-1)
-        if self.threshold is not None:
-            self.count += torch.gt(z, self.threshold, out=tmp).sum(dim=-1)
-        m = z.amax(dim=-1)
-        # exp(z - m) as 2^((z - m) log2 e): exp2 is twice as fast as exp on CPU
-        torch.sub(z, m.unsqueeze(-1), out=tmp).mul_(LOG2_E).clamp_(min=EXP2_FLOOR)
-        torch.exp2(tmp, out=ex)
-        self.block_max.append(m)
-        self.block_sum.append(ex.sum(dim=-1))
-        self.block_u.append(tmp.mul_(ex).sum(dim=-1).div_(LOG2_E))
-        self._start += w
-        self._index += 1
+            probs = self.reference.probs[:, self._start : self._start + z.shape[1]]
+            self.ref_dot += (z * probs).sum(dim=-1)
+        self.blocks.append(block_kernel(z)(z, self.threshold))
+        self._start += z.shape[1]
 
-    def _combined(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        m = torch.stack(self.block_max)
-        s = torch.stack(self.block_sum)
-        u = torch.stack(self.block_u)
+    def _combined(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Overall max M, S = sum_b e^(m_b - M) s_b, U (see the module docstring), count."""
+        m, s, u, count = (torch.stack(parts) for parts in zip(*self.blocks, strict=True))
         top = m.amax(dim=0)
         scale = torch.exp(m - top)
         total = (scale * s).sum(dim=0)
         spread = (scale * (u + (m - top) * s)).sum(dim=0)
-        return top, total, spread
+        return top, total, spread, count.sum(dim=0)
 
     def logsumexp(self) -> torch.Tensor:
-        top, total, _ = self._combined()
+        top, total, _, _ = self._combined()
         return top + total.log()
 
     def entropy(self) -> torch.Tensor:
-        _, total, spread = self._combined()
+        _, total, spread, _ = self._combined()
         return total.log() - spread / total
 
     def result(self) -> dict[str, torch.Tensor]:
         """entropy, target_logprob, target_rank (+ kl_to_final, top1_agree with a reference)."""
-        top, total, spread = self._combined()
+        top, total, spread, count = self._combined()
         lse = top + total.log()
         has_target = self.targets >= 0
-        if self.threshold is None:
+        if self.has_threshold:  # the target itself is counted when its logit exceeds it
+            rank = count + 1.0 - (self.target_logit > self.threshold.squeeze(-1)).float()
+        else:
             rank = torch.full_like(lse, torch.nan)
-        else:  # the target itself is counted when its exact logit exceeds the threshold
-            rank = self.count + 1.0 - (self.target_logit > self.threshold.squeeze(-1)).float()
         out = {
             "entropy": total.log() - spread / total,
             "target_logprob": torch.where(has_target, self.target_logit - lse, torch.nan),
