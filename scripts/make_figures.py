@@ -3,7 +3,8 @@
 From the real packaged models, offline: the `qwen` and `llama` aliases resolve to
 Qwen2.5-Coder-0.5B-Instruct and SmolLM2-135M-Instruct (Llama architecture). Both score the first
 `--limit` MATH-500 prompts with the raw readout (every site) and the logit lens (residual stream
-only), through `layerpolicy.comparison` and its run cache, so a finished run is loaded, not recomputed.
+only), through `layerpolicy.comparison` and its run cache, so a finished run is loaded, not
+recomputed.
 The BuPO figures come from the short training run in `--bupo-run` (runs/bupo-smollm2), trained here
 with the same settings when it is missing and resumed when it is unfinished.
 
