@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-CPU_BLOCK_BYTES = 8 * 2**20  # a CPU vocabulary block [n, w] float32 stays in L3 cache
+CPU_BLOCK_BYTES = 2 * 2**20  # one [n, w] float32 block; benchmarks/bench_blocks.py picks it
 LOG2_E = 1.0 / math.log(2.0)
 EXP2_FLOOR = -125.0  # 2^-125 = 2.4e-38; below 2^-126 floats are subnormal
 COMPILE_MIN_ELEMENTS = 2**16  # smaller blocks run eagerly (compiling would cost more than it saves)

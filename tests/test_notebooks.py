@@ -56,8 +56,12 @@ def test_notebook_runs_with_tiny_settings(path, tmp_path, monkeypatch):
     monkeypatch.setenv("LAYERPOLICY_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     notebook = with_tiny_parameters(nbformat.read(path, as_version=4), tmp_path)
-    NotebookClient(notebook, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(
+        notebook,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    ).execute()
 
 
 def test_there_are_notebooks():
