@@ -88,10 +88,16 @@ def main() -> None:
         "fraction of the CPUs",
     )
     parser.add_argument("--max-wait", type=float, default=600.0)
+    parser.add_argument(
+        "--report", type=Path, metavar="CSV", help="print the tables of a results CSV and stop"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print("RESULT " + json.dumps(measure(**json.loads(args.child))), flush=True)
+        return
+    if args.report:
+        print(report(read_csv(args.report)))
         return
     print(machine(), flush=True)
     rows = []
@@ -388,6 +394,22 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
+def read_csv(path: Path) -> list[dict]:
+    """Rows written by `write_csv`, numbers as numbers, empty cells left out."""
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [{key: _number(value) for key, value in row.items() if value != ""} for row in rows]
+
+
+def _number(value: str) -> object:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
 def _line(row: dict) -> str:
     wall = row.get("wall_s")
     peak = row.get("peak_rss_gb")
@@ -441,7 +463,33 @@ def report(rows: list[dict]) -> str:
         for r in rows
         if r.get("note")
     ]
-    return "\n".join(lines + (["", *notes] if notes else []))
+    return "\n".join(lines + ["", scaling(by_case)] + (["", *notes] if notes else []))
+
+
+def scaling(by_case: dict[tuple, dict[str, dict]]) -> str:
+    """Markdown table: how the engine's time and working memory grow from the shortest input to
+    the longest, per model and readout set (linear in tokens: time ratio = token ratio)."""
+    head = (
+        "| model | set | tokens | engine time ratio | floor time ratio | "
+        "engine - forward GB (short -> long) |"
+    )
+    lines = [head, _rule(head)]
+    groups: dict[tuple, list[int]] = {}
+    for model, site_set, tokens in by_case:
+        groups.setdefault((model, site_set), []).append(tokens)
+    for (model, site_set), lengths in groups.items():
+        short, long = min(lengths), max(lengths)
+        if short == long:
+            continue
+        a, b = by_case[(model, site_set, short)], by_case[(model, site_set, long)]
+        memory = f"{_mem_delta(a.get('engine'), a.get('forward'))} -> "
+        memory += _mem_delta(b.get("engine"), b.get("forward"))
+        lines.append(
+            f"| {model} | {site_set} | {short} -> {long} ({long / short:g}x) | "
+            f"{_ratio(b.get('engine'), a.get('engine'))} | "
+            f"{_ratio(b.get('floor'), a.get('floor'))} | {memory} |"
+        )
+    return "\n".join(lines)
 
 
 def _rule(head: str) -> str:
