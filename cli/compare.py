@@ -40,13 +40,12 @@ def compare(
     prompts: str = options.Prompts,
     readout: str = options.Readout,
     sites: str = options.Sites,
-    generate: int = typer.Option(
-        0, "--generate", min=0, help="Sample up to N new tokens per prompt; score the response."
-    ),
-    temperature: float = typer.Option(1.0, "--temperature", min=0.0, help="Sampling temperature."),
+    generate: int = options.Generate,
+    temperature: float = options.Temperature,
     limit: int = options.Limit,
     batch_size: int = options.BatchSize,
     max_tokens: int = options.MaxTokens,
+    chunk_tokens: int = options.ChunkTokens,
     device: str = options.Device,
     seed: int = options.Seed,
     no_chat_template: bool = options.NoChatTemplate,
@@ -66,16 +65,16 @@ def compare(
     force: bool = options.Force,
 ) -> None:
     """Overlay entropy, module entropy change and KL to final; tabulate shape statistics."""
-    from layerpolicy.analysis import AnalysisConfig
     from layerpolicy.comparison import compare as run_compare
 
-    config = AnalysisConfig(
+    config = options.analysis_config(
         readout=readout,
         sites=sites,
         batch_size=batch_size,
+        chunk_tokens=chunk_tokens,
         max_tokens=max_tokens,
-        chat_template=not no_chat_template,
-        generate=generate or None,
+        no_chat_template=no_chat_template,
+        generate=generate,
         temperature=temperature,
         seed=seed,
     )

@@ -27,19 +27,12 @@ def entropy(
     response_column: str = options.ResponseColumn,
     readout: str = options.Readout,
     sites: str = options.Sites,
-    generate: int = typer.Option(
-        0,
-        "--generate",
-        min=0,
-        help="Sample up to N new tokens per prompt (T=1) and score the response only.",
-    ),
-    temperature: float = typer.Option(1.0, "--temperature", min=0.0, help="Sampling temperature."),
+    generate: int = options.Generate,
+    temperature: float = options.Temperature,
     limit: int = options.Limit,
     batch_size: int = options.BatchSize,
     max_tokens: int = options.MaxTokens,
-    chunk_tokens: int = typer.Option(
-        None, "--chunk-tokens", min=1, help="Tokens per unembedding chunk (default: automatic)."
-    ),
+    chunk_tokens: int = options.ChunkTokens,
     device: str = options.Device,
     dtype: str = typer.Option(
         "float32",
@@ -56,17 +49,17 @@ def entropy(
     force: bool = options.Force,
 ) -> None:
     """Entropy, entropy change, KL to final, target rank of every internal policy of a model."""
-    from layerpolicy.analysis import AnalysisConfig, analyse
+    from layerpolicy.analysis import analyse
     from layerpolicy.models import load_model
 
-    config = AnalysisConfig(
+    config = options.analysis_config(
         readout=readout,
         sites=sites,
         batch_size=batch_size,
         chunk_tokens=chunk_tokens,
         max_tokens=max_tokens,
-        chat_template=not no_chat_template,
-        generate=generate or None,
+        no_chat_template=no_chat_template,
+        generate=generate,
         temperature=temperature,
         seed=seed,
     )

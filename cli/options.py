@@ -35,6 +35,16 @@ BatchSize = typer.Option(4, "--batch-size", "-b", min=1, help="Prompts per forwa
 MaxTokens = typer.Option(
     1024, "--max-tokens", min=2, help="Truncate longer inputs (counted and warned)."
 )
+ChunkTokens = typer.Option(
+    None, "--chunk-tokens", min=1, help="Tokens per unembedding chunk (default: automatic)."
+)
+Generate = typer.Option(
+    0,
+    "--generate",
+    min=0,
+    help="Sample up to N new tokens per prompt (T=1) and score the response only.",
+)
+Temperature = typer.Option(1.0, "--temperature", min=0.0, help="Sampling temperature.")
 Seed = typer.Option(0, "--seed", help="Seed for sampling and bootstrap.")
 Force = typer.Option(
     False, "--force", help="Recompute even if the output directory holds a finished run."
@@ -42,6 +52,34 @@ Force = typer.Option(
 NoChatTemplate = typer.Option(
     False, "--no-chat-template", help="Do not apply the tokenizer's chat template."
 )
+
+
+def analysis_config(
+    *,
+    readout: str,
+    sites: str,
+    batch_size: int,
+    chunk_tokens: int | None,
+    max_tokens: int,
+    no_chat_template: bool,
+    generate: int,
+    temperature: float,
+    seed: int,
+):
+    """The `AnalysisConfig` the analysis options name (`--generate 0` = score the prompts)."""
+    from layerpolicy.analysis import AnalysisConfig
+
+    return AnalysisConfig(
+        readout=readout,
+        sites=sites,
+        batch_size=batch_size,
+        chunk_tokens=chunk_tokens,
+        max_tokens=max_tokens,
+        chat_template=not no_chat_template,
+        generate=generate or None,
+        temperature=temperature,
+        seed=seed,
+    )
 
 
 def out_dir(out: Path | None, *parts: str) -> Path:

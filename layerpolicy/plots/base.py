@@ -245,6 +245,18 @@ def _band(
     return line
 
 
+def _site_bands(ax: Axes, per_site: Mapping[str, pd.DataFrame]) -> None:
+    """One `_band` per site, in the site's colour and line style."""
+    for site, rows in per_site.items():
+        _band(
+            ax,
+            rows,
+            color=SITE_COLORS.get(site, "#333333"),
+            label=site,
+            linestyle=SITE_LINESTYLES.get(site, "-"),
+        )
+
+
 def _yerr(rows: pd.DataFrame) -> np.ndarray:
     mean = rows["mean"].to_numpy(float)
     return np.vstack(

@@ -10,7 +10,6 @@ from matplotlib.figure import Figure
 
 from .base import (
     READOUT_LABELS,
-    SITE_COLORS,
     SITE_LINESTYLES,
     PlotInputError,
     _band,
@@ -22,6 +21,7 @@ from .base import (
     _model_colors,
     _new_figure,
     _single,
+    _site_bands,
     _site_rows,
     _style,
     escape_text,
@@ -137,14 +137,7 @@ def plot_difference(
     a_name = escape_text(_single(after, "model", "summary"))
     with _style():
         fig, ax = _new_figure(figsize=(7.5, 4.4))
-        for site, site_rows in diffs.items():
-            _band(
-                ax,
-                site_rows,
-                color=SITE_COLORS.get(site, "#333333"),
-                label=site,
-                linestyle=SITE_LINESTYLES.get(site, "-"),
-            )
+        _site_bands(ax, diffs)
         ax.axhline(0, color="#333333", linewidth=0.8)
         lb, la = escape_text(labels[0]), escape_text(labels[1])
         ax.set_ylabel(

@@ -14,15 +14,14 @@ from .base import (
     READOUT_LABELS,
     SIGN_COLORS,
     SITE_COLORS,
-    SITE_LINESTYLES,
     PlotInputError,
-    _band,
     _check_columns,
     _layer_axis,
     _metric_label,
     _metric_rows,
     _new_figure,
     _single,
+    _site_bands,
     _site_rows,
     _style,
     _title,
@@ -61,14 +60,7 @@ def plot_entropy_profile(
                 2, 1, figsize=(7.5, 6.6), sharex=True, gridspec_kw={"height_ratios": [2, 1]}
             )
         ax = axes[0]
-        for site, site_rows in per_site.items():
-            _band(
-                ax,
-                site_rows,
-                color=SITE_COLORS.get(site, "#333333"),
-                label=site,
-                linestyle=SITE_LINESTYLES.get(site, "-"),
-            )
+        _site_bands(ax, per_site)
         if final is not None:
             ax.errorbar(
                 final["layer"].to_numpy(float),
@@ -95,14 +87,7 @@ def plot_entropy_profile(
         ax.set_title(_title(summary, "entropy per layer (mean, 95% CI over prompts)", title))
         if norms is not None:
             nax = axes[1]
-            for site, site_rows in norms.items():
-                _band(
-                    nax,
-                    site_rows,
-                    color=SITE_COLORS.get(site, "#333333"),
-                    label=site,
-                    linestyle=SITE_LINESTYLES.get(site, "-"),
-                )
+            _site_bands(nax, norms)
             nax.set_yscale("log")
             nax.set_ylabel("RMS norm\n(model units, log)")
         _layer_axis(axes[-1])
@@ -169,14 +154,7 @@ def plot_kl_to_final(
     per_site = {site: _site_rows(rows, site, "kl_to_final") for site in sites}
     with _style():
         fig, ax = _new_figure(figsize=(7.5, 4.2))
-        for site, site_rows in per_site.items():
-            _band(
-                ax,
-                site_rows,
-                color=SITE_COLORS.get(site, "#333333"),
-                label=site,
-                linestyle=SITE_LINESTYLES.get(site, "-"),
-            )
+        _site_bands(ax, per_site)
         if log_y:
             ax.set_yscale("log")
         ax.set_ylabel(_metric_label("kl_to_final") + (", log scale" if log_y else ""))
