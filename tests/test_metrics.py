@@ -219,6 +219,7 @@ def test_half_precision_model_reads_out_in_float32(tiny_dirs):
     """A bf16 forward: readouts use float32 copies of W_U and the final norm, so the engine's
     metrics equal float64 ones computed from the same bf16 vectors."""
     model = load_model(str(tiny_dirs["qwen2"]), device="cpu", dtype=torch.bfloat16)
+    assert "use --dtype float32 on CPU" in model.info.note
     unembed = Unembedding(model.hf_model)
     assert unembed.weight.dtype == torch.bfloat16 and unembed.weight32.dtype == torch.float32
     x = torch.randn(3, model.info.d_model, dtype=torch.bfloat16)

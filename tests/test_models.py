@@ -69,6 +69,7 @@ def test_cli_unknown_model_is_one_line_exit_2(capsys):
 def test_tiny_spec_loads_from_cache(cache_dir):
     model = load_model("tiny-llama", device="cpu")
     assert model.info.name == "tiny-llama" and model.n_layers == 4
+    assert model.info.note is None  # float32 on CPU: nothing to say
     assert (cache_dir / "tiny" / "llama" / "config.json").is_file()
 
 

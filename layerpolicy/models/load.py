@@ -133,9 +133,18 @@ def load_model(
         tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
         dtype=str(dtype).replace("torch.", ""),
         device=str(torch_device),
-        note=source.note,
+        note=" ".join(n for n in (source.note, _half_on_cpu_note(dtype, torch_device)) if n)
+        or None,
     )
     return LoadedModel(bridge=bridge, tokenizer=load_tokenizer(location), info=info)
+
+
+def _half_on_cpu_note(dtype: torch.dtype, device: torch.device) -> str | None:
+    """A hint when a half-precision forward would run on CPU, where it is much slower."""
+    if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
+        name = str(dtype).replace("torch.", "")
+        return f"{name} on CPU is many times slower than float32 here; use --dtype float32 on CPU."
+    return None
 
 
 def load_tokenizer(location: str) -> Any:
