@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from layerpolicy.devices import use_physical_cores
-    from layerpolicy.metrics import CPU_BLOCK_BYTES
+    from layerpolicy.metrics import CPU_BLOCK_BYTES, block_width
 
     threads = use_physical_cores()
     shapes = {"custom": tuple(args.shape)} if args.shape else SHAPES
@@ -44,7 +44,7 @@ def main() -> None:
         for rows in args.rows:
             x = torch.randn(rows, d_model)
             for mib in BLOCK_MIB:
-                width = max(256, min(vocab, int(mib * 2**20) // (4 * rows)))
+                width = block_width(vocab, rows, x.device, block_bytes=int(mib * 2**20))
                 matmul = best_time(readout, (x, weight, width, False), args.repeat)
                 full = best_time(readout, (x, weight, width, True), args.repeat)
                 gflops = 2 * rows * d_model * vocab / matmul / 1e9

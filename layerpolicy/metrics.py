@@ -85,14 +85,18 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 def block_width(
-    vocab_size: int, rows: int, device: torch.device, requested: int | None = None
+    vocab_size: int,
+    rows: int,
+    device: torch.device,
+    requested: int | None = None,
+    block_bytes: int = CPU_BLOCK_BYTES,
 ) -> int:
     """Vocabulary entries per block of `rows` rows: `requested`; else on CPU as many as keep a
-    block within CPU_BLOCK_BYTES (at least 256), elsewhere the whole vocabulary."""
+    float32 block within `block_bytes` (at least 256), elsewhere the whole vocabulary."""
     if requested is None:
         if device.type != "cpu":
             return vocab_size
-        requested = max(256, CPU_BLOCK_BYTES // (4 * max(1, rows)))
+        requested = max(256, block_bytes // (4 * max(1, rows)))
     return max(1, min(requested, vocab_size))
 
 

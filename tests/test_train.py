@@ -286,37 +286,23 @@ def test_checkpoint_round_trip_gives_identical_logits(tiny_dirs, tmp_path):
 
 def test_resume_continues_at_the_right_step_and_reproduces_the_log(tiny_dirs, tmp_path):
     config = dict(**FAST, inter_steps=1, layer=2, lr=1e-2, save_every=1)
-    spec = str(tiny_dirs["qwen3"])
-    whole = train(
-        spec,
-        None,
-        out=tmp_path / "whole",
-        config=TrainConfig(steps=2, **config),
-        limit=4,
-        reward_fn=parity_reward,
-        device="cpu",
-    )
-    train(
-        spec,
-        None,
-        out=tmp_path / "split",
-        config=TrainConfig(steps=1, **config),
-        limit=4,
-        reward_fn=parity_reward,
-        device="cpu",
-    )
+
+    def run(out: str, steps: int, **extra):
+        return train(
+            str(tiny_dirs["qwen3"]),
+            None,
+            out=tmp_path / out,
+            config=TrainConfig(steps=steps, **config),
+            limit=4,
+            reward_fn=parity_reward,
+            device="cpu",
+            **extra,
+        )
+
+    whole = run("whole", 2)
+    run("split", 1)
     steps_seen = []
-    resumed = train(
-        spec,
-        None,
-        out=tmp_path / "split",
-        config=TrainConfig(steps=2, **config),
-        limit=4,
-        reward_fn=parity_reward,
-        device="cpu",
-        resume=True,
-        on_step=lambda row: steps_seen.append(row["step"]),
-    )
+    resumed = run("split", 2, resume=True, on_step=lambda row: steps_seen.append(row["step"]))
     assert steps_seen == [2]  # the step after the checkpoint, across the phase switch
     assert load_trainer_state(resumed.checkpoint)["step"] == 2
     columns = [c for c in whole.log.columns if c != "seconds"]
