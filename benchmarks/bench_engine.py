@@ -178,7 +178,7 @@ def measure(model: str, site_set: str, tokens: int, method: str, readout: str) -
 
     from layerpolicy.devices import use_physical_cores
     from layerpolicy.models import load_model
-    from layerpolicy.sites import readout_order
+    from layerpolicy.readout.sites import readout_order
 
     threads = use_physical_cores()
     loaded = load_model(model, device="cpu", progress=False)
@@ -246,7 +246,7 @@ def run_floor(model, ids, order, readout, paper) -> dict:
 
     from layerpolicy.engine import capture, engine_chunk
     from layerpolicy.metrics import block_width
-    from layerpolicy.sites import Site, Unembedding, captured_sites
+    from layerpolicy.readout.sites import Site, Unembedding, captured_sites
 
     started = time.perf_counter()
     batch = _batch(model, ids)
@@ -360,7 +360,7 @@ def _batch(model, ids):
 
 
 def _final_norm(model):
-    from layerpolicy.sites import Unembedding
+    from layerpolicy.readout.sites import Unembedding
 
     return Unembedding(model.hf_model).final_norm
 

@@ -26,7 +26,7 @@ from layerpolicy.engine import EngineConfig, capture, make_batch, score_batch  #
 from layerpolicy.models import load_model  # noqa: E402
 from layerpolicy.models.tiny import build_tiny_tokenizer, save_tiny_model  # noqa: E402
 from layerpolicy.prompts import EncodedPrompt  # noqa: E402
-from layerpolicy.sites import (  # noqa: E402
+from layerpolicy.readout.sites import (  # noqa: E402
     Site,
     Unembedding,
     captured_sites,

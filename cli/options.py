@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from layerpolicy.sites import READOUT_MODES, SITE_SETS
+from layerpolicy.readout.sites import READOUT_MODES, SITE_SETS
 
 Prompts = typer.Option(
     None,

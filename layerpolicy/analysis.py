@@ -12,10 +12,9 @@ from typing import Any
 import pandas as pd
 from rich.progress import Progress
 
-from . import plots, shape, stats
+from . import plots
 from .engine import EngineConfig, batch_frame, score_batch
 from .errors import LayerpolicyError
-from .generate import prompt_seed, sample_response
 from .models import LoadedModel, load_model, resolve_spec
 from .prompts import (
     EncodedPrompt,
@@ -27,6 +26,8 @@ from .prompts import (
     load_prompts,
 )
 from .runs import RunDirectory, versions, write_csv, write_parquet
+from .sampling import prompt_seed, sample_response
+from .tables import shape, stats
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import plots, shape
+from . import plots
 from .analysis import AnalysisConfig, AnalysisResult, analyse, load_run
 from .errors import LayerpolicyError, RunDirectoryError
 from .models import resolve_spec
 from .prompts import PromptSet, load_prompts
-from .reading import markdown_table, reading
 from .runs import atomic_path, read_json, write_csv
+from .tables import shape
+from .tables.reading import markdown_table, reading
 
 DEFAULT_CACHE = Path("runs") / "cache"
 X_AXES = ("rel_depth", "layer")

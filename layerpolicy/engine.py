@@ -26,7 +26,7 @@ from .devices import use_physical_cores
 from .metrics import BlockPicks, ReadoutStats, ReferencePolicy, block_width, rms_norm
 from .models import LoadedModel
 from .prompts import EncodedPrompt
-from .sites import READOUT_MODES, Site, Unembedding, captured_sites, readout_order
+from .readout.sites import READOUT_MODES, Site, Unembedding, captured_sites, readout_order
 
 CHUNK_BUDGET_BYTES = 384 * 2**20
 LOGIT_BUFFERS = 2  # [chunk, vocab] float32 tensors alive at once: pi_theta, running resid logits

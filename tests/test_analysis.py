@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from layerpolicy.cli.app import main
 
 import layerpolicy.analysis as analysis
-from cli.app import main
 from layerpolicy.analysis import AnalysisConfig, analyse, load_run
 from layerpolicy.errors import RunDirectoryError
 from layerpolicy.prompts import load_prompts
@@ -186,7 +186,7 @@ def test_sampled_response_equals_step_by_step_sampling_without_cache(tiny_models
     """Generation with a KV cache must give what a full forward per step gives."""
     import torch
 
-    from layerpolicy.generate import sample_response
+    from layerpolicy.sampling import sample_response
 
     model = tiny_models["qwen2"]
     prompt = list(model.tokenizer("What is 6 * 8?")["input_ids"])

@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from layerpolicy.cli.app import main
 
 import layerpolicy.analysis as analysis
-from cli.app import main
 from layerpolicy.analysis import AnalysisConfig, analyse
 from layerpolicy.comparison import COMPARISON_COLUMNS, compare
 from layerpolicy.errors import RunDirectoryError

@@ -9,7 +9,7 @@ import torch
 
 from layerpolicy.engine import EngineConfig, batch_frame, capture, make_batch, score_batch
 from layerpolicy.prompts import EncodedPrompt, PromptItem, encode_prompt
-from layerpolicy.sites import Site, Unembedding, captured_sites, readout_order
+from layerpolicy.readout.sites import Site, Unembedding, captured_sites, readout_order
 from tests.reference import plain_model, reference_metrics, reference_vectors
 
 TEXTS = ("What is 12 + 7? Let's think step by step.", "Solve for x: 3x + 2 = 11.", "The fox")

@@ -19,7 +19,7 @@ from layerpolicy.metrics import (
 )
 from layerpolicy.models import load_model
 from layerpolicy.prompts import PromptItem, encode_prompt
-from layerpolicy.sites import Site, Unembedding, captured_sites, readout_order
+from layerpolicy.readout.sites import Site, Unembedding, captured_sites, readout_order
 
 SHAPES = [(1, 1), (3, 2), (5, 17), (8, 300), (4, 5000)]
 

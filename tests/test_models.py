@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from layerpolicy.cli.app import main
 from safetensors.torch import load_file, save_file
 
-from cli.app import main
 from layerpolicy.errors import LayerpolicyError, ModelNotFoundError, OfflineError
 from layerpolicy.models import load_model, resolve, resolve_spec
 

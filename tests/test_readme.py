@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import typer
 import typer.core
-
-from cli.app import _register, app
+from layerpolicy.cli.app import _register, app
 
 README = Path(__file__).parent.parent / "README.md"
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)

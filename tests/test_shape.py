@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from layerpolicy.shape import (
+from layerpolicy.tables.shape import (
     Region,
     abruptness,
     boundary_layer,

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from layerpolicy.stats import bootstrap_ci, profile, prompt_means, summarize
+from layerpolicy.tables.stats import bootstrap_ci, profile, prompt_means, summarize
 
 # Entropy (nats) per token and (site, layer) for a 2-layer model. p1 has two scored positions
 # (position 1 is the last: no target), p2 one. Halves and quarters keep every mean exact.

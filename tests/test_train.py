@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from layerpolicy.cli.app import main
 from safetensors import safe_open
 
-from cli.app import main
 from layerpolicy.bupo import TrainConfig, train
 from layerpolicy.bupo.checkpoint import load_trainer_state, save_checkpoint
 from layerpolicy.bupo.loop import (

@@ -30,7 +30,6 @@ import torch
 from .. import plots
 from ..analysis import AnalysisConfig, AnalysisResult, analyse, load_run
 from ..errors import LayerpolicyError, PromptSourceError, RunDirectoryError
-from ..generate import prompt_seed
 from ..models import LoadedModel, load_model
 from ..models.plain import plain_view
 from ..prompts import (
@@ -43,8 +42,9 @@ from ..prompts import (
     with_response,
 )
 from ..runs import RunDirectory, read_json, versions, write_csv, write_json, write_parquet
-from ..shape import shape_statistics
-from ..stats import ENTROPY_CHANGE, profile
+from ..sampling import prompt_seed
+from ..tables.shape import shape_statistics
+from ..tables.stats import ENTROPY_CHANGE, profile
 from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from .objective import clipped_surrogate, group_advantages, policy_log_probs, rollout_token_stats
 from .reward import RewardFn, math_reward

@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..metrics import readout_metrics, reference_policy
 from ..models import LoadedModel
-from ..sites import Unembedding
+from ..readout.sites import Unembedding
 
 ADVANTAGE_EPS = 1e-6
 CHUNK_BYTES = 128 * 2**20  # one float32 [rows, vocab] logits chunk (about 3 alive in backward)

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from ..generate import prompt_seed, stop_token_ids
 from ..models import LoadedModel
 from ..prompts import PromptItem, encode_generation_prompt
+from ..sampling import prompt_seed, stop_token_ids
 from .reward import RewardFn
 
 

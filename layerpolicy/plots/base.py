@@ -20,7 +20,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from layerpolicy.errors import LayerpolicyError
-from layerpolicy.stats import SUMMARY_COLUMNS
+from layerpolicy.tables.stats import SUMMARY_COLUMNS
 
 SITE_COLORS: dict[str, str] = {
     "embed": "#949494",

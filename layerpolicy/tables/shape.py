@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from layerpolicy.stats import ENTROPY_CHANGE, profile
+from layerpolicy.tables.stats import ENTROPY_CHANGE, profile
 
 REGION_KINDS = ("exploration", "integration", "convergence")
 

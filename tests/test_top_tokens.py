@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerpolicy.inspect import top_tokens
 from layerpolicy.prompts import PromptItem, encode_prompt
-from layerpolicy.sites import Site
+from layerpolicy.readout.sites import Site
+from layerpolicy.readout.top_tokens import top_tokens
 
 
 def test_final_top_tokens_are_the_models_top_tokens(tiny):

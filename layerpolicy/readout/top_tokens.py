@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from .engine import capture, make_batch
-from .models import LoadedModel
-from .prompts import EncodedPrompt
+from ..engine import capture, make_batch
+from ..models import LoadedModel
+from ..prompts import EncodedPrompt
 from .sites import Site, Unembedding
 
 

@@ -1,0 +1,1 @@
+"""Reading the residual stream: hook names of every site, the unembedding, capture."""

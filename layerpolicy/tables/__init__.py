@@ -1,0 +1,1 @@
+"""Tidy tables: statistics across prompts, profile shape, comparison reading."""
