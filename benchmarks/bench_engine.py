@@ -244,9 +244,11 @@ def run_floor(model, ids, order, readout, paper) -> dict:
     the engine's chunks and vocabulary blocks (blocked matmuls are this CPU's fastest)."""
     import torch
 
-    from layerpolicy.engine import capture, engine_chunk
+    from layerpolicy.engine import engine_chunk
     from layerpolicy.metrics import block_width
-    from layerpolicy.readout.sites import Site, Unembedding, captured_sites
+    from layerpolicy.readout.capture import capture
+    from layerpolicy.readout.sites import Site, captured_sites
+    from layerpolicy.readout.unembed import Unembedding
 
     started = time.perf_counter()
     batch = _batch(model, ids)
@@ -354,13 +356,13 @@ def _encoded(ids):
 def _batch(model, ids):
     import torch
 
-    from layerpolicy.engine import make_batch
+    from layerpolicy.readout.capture import make_batch
 
     return make_batch([_encoded(ids)], 0, torch.device("cpu"))
 
 
 def _final_norm(model):
-    from layerpolicy.readout.sites import Unembedding
+    from layerpolicy.readout.unembed import Unembedding
 
     return Unembedding(model.hf_model).final_norm
 

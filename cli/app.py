@@ -1,4 +1,4 @@
-"""Typer application: each command parses options into a config and calls the library."""
+"""Typer application: registers the commands and turns user errors into one line on stderr."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import sys
 import warnings
 
 import typer
-from rich.console import Console
 
 from layerpolicy.errors import LayerpolicyError
+
+from . import compare, entropy, models, train, view
+from .console import err_console
 
 app = typer.Typer(
     name="layerpolicy",
@@ -17,30 +19,32 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
-
-
-def _register() -> None:
-    from . import compare, entropy, models, train
-
-    for module in (entropy, compare, train, models):
-        module.register(app)
+for _command in (entropy, compare, train, models, view):
+    _command.register(app)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     err_console.print(f"[yellow]warning:[/] {message}", highlight=False)
 
 
+def _error(message: str) -> None:
+    err_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def _usage_line(usage: typer.TyperException) -> str:
+    """Click's usage error as one line that names the command's --help."""
+    message = " ".join(usage.format_message().replace("Value error, ", "").split())
+    ctx = getattr(usage, "ctx", None)
+    return f"{message} (see `{ctx.command_path} --help`)" if ctx is not None else message
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line on `argv`; user errors are one line on stderr and exit code 2."""
     warnings.showwarning = _show_warning
-    if not app.registered_commands:
-        _register()
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="layerpolicy", standalone_mode=False)
     except LayerpolicyError as error:
-        err_console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        _error(str(error))
         return 2
     except KeyboardInterrupt:
         err_console.print(
@@ -53,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         return stop.exit_code
     except typer.Abort:
         return 1
-    except typer.TyperException as usage:  # bad options or arguments: click's usage message
-        usage.show()
+    except typer.TyperException as usage:  # bad options or arguments
+        _error(_usage_line(usage))
         return getattr(usage, "exit_code", 2)
     return 0
 

@@ -8,8 +8,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from layerpolicy.parallel import current_shard
+
 from . import options
-from .app import console
+from .console import console, note
 
 _SHOWN = {
     "n_layers": "L",
@@ -31,6 +33,7 @@ def register(app: typer.Typer) -> None:
 
 
 def compare(
+    ctx: typer.Context,
     specs: list[str] = typer.Argument(
         ...,
         metavar="MODEL_OR_RUN",
@@ -38,15 +41,21 @@ def compare(
         "(`layerpolicy entropy` runs, or a training run with before/ and after/).",
     ),
     prompts: str = options.Prompts,
-    readout: str = options.Readout,
-    sites: str = options.Sites,
+    readout: options.ReadoutMode = options.Readout,
+    sites: options.SiteSet = options.Sites,
+    top_k: int = options.TopK,
     generate: int = options.Generate,
     temperature: float = options.Temperature,
+    sampler: options.Sampler = options.SamplerOption,
+    thinking: bool = options.Thinking,
     limit: int = options.Limit,
     batch_size: int = options.BatchSize,
     max_tokens: int = options.MaxTokens,
     chunk_tokens: int = options.ChunkTokens,
     device: str = options.Device,
+    dtype: options.DType = options.DTypeOption,
+    device_map: options.DeviceMap | None = options.DeviceMapOption,
+    max_memory: str = options.MaxMemory,
     seed: int = options.Seed,
     no_chat_template: bool = options.NoChatTemplate,
     offline: bool = options.Offline,
@@ -65,36 +74,29 @@ def compare(
     force: bool = options.Force,
 ) -> None:
     """Overlay entropy, module entropy change and KL to final; tabulate shape statistics."""
+    options.check_out_dir(out)
+    options.check_out_dir(cache, "--cache")
+    models = [options.model_config(ctx.params, spec=spec) for spec in specs]
+    prompt_config = options.prompt_config(ctx.params)
+    config = options.analysis_config(ctx.params)
     from layerpolicy.comparison import compare as run_compare
 
-    config = options.analysis_config(
-        readout=readout,
-        sites=sites,
-        batch_size=batch_size,
-        chunk_tokens=chunk_tokens,
-        max_tokens=max_tokens,
-        no_chat_template=no_chat_template,
-        generate=generate,
-        temperature=temperature,
-        seed=seed,
-    )
     out_dir = options.out_dir(out, "compare", *(Path(s).name for s in specs))
     started = time.perf_counter()
     result = run_compare(
-        specs,
-        prompts,
+        models,
+        prompt_config,
         config=config,
         out=out_dir,
-        limit=limit,
         x=x,
-        offline=offline or None,
-        device=device,
         allow_mixed_readouts=allow_mixed_readouts,
         force=force,
         cache=cache,
     )
-    for note in result.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if not current_shard().is_main:  # every rank holds the comparison; the main one reports it
+        return
+    for line in result.notes:
+        note(line)
     print_comparison(result.comparison)
     console.print(result.reading, highlight=False)
     console.print(

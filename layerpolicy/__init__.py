@@ -3,6 +3,12 @@
     import layerpolicy as lp
     result = lp.analyse("smollm2-135m-instruct", "math500.parquet", limit=8, out="runs/smollm2")
     result.summary            # per (site, layer, metric): mean, 95% CI, pooled mean
+    lp.analyse(               # the settings the CLI takes, validated when built
+        lp.ModelConfig("qwen3-8b", dtype="bfloat16", device_map="auto"),
+        lp.PromptConfig("math500", limit=100, generate=2048, thinking=False),
+        config=lp.AnalysisConfig(readout="raw", sites="paper", top_k=5),
+        out="runs/qwen3-8b",
+    )
     lp.compare([...])         # several models or before/after runs, aligned on relative depth
     lp.train(...)             # Bottom-up Policy Optimization
 
@@ -18,7 +24,9 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "analyse": "analysis",
-    "AnalysisConfig": "analysis",
+    "AnalysisConfig": "config",
+    "ModelConfig": "config",
+    "PromptConfig": "config",
     "AnalysisResult": "analysis",
     "load_run": "analysis",
     "load_model": "models",

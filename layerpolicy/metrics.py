@@ -25,6 +25,7 @@ CPU_BLOCK_BYTES = 2 * 2**20  # one [n, w] float32 block; benchmarks/bench_blocks
 LOG2_E = 1.0 / math.log(2.0)
 EXP2_FLOOR = -125.0  # 2^-125 = 2.4e-38; below 2^-126 floats are subnormal
 COMPILE_MIN_ELEMENTS = 2**16  # smaller blocks run eagerly (compiling would cost more than it saves)
+FLOAT_MIN = torch.finfo(torch.float32).min  # stands in for -inf (masked logits) where we subtract
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,12 @@ def reference_policy(final_logits: torch.Tensor, block: int | None = None) -> Re
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """H(softmax(z)) = logsumexp(z) - sum softmax(z) z, nats; logits [..., vocab] -> [...]."""
+    """H(softmax(z)) = logsumexp(z) - sum softmax(z) z, nats; logits [..., vocab] -> [...].
+
+    -inf logits (a masked vocabulary) have probability 0 and add nothing."""
     z = logits.float()
-    m = z.amax(dim=-1, keepdim=True)
-    shifted = z - m
+    m = z.amax(dim=-1, keepdim=True).clamp_min(FLOAT_MIN)
+    shifted = (z - m).clamp_min(FLOAT_MIN)
     e = shifted.exp()
     s = e.sum(dim=-1)
     return s.log() - (e * shifted).sum(dim=-1) / s
@@ -62,6 +65,7 @@ def readout_metrics(
     targets: torch.Tensor,
     reference: ReferencePolicy | None,
     block: int | None = None,
+    top_k: int = 0,
 ) -> dict[str, torch.Tensor]:
     """All metrics of one readout chunk.
 
@@ -69,12 +73,12 @@ def readout_metrics(
     the same tokens (None skips KL and top-1 agreement); block: vocabulary entries per pass
     (None: `block_width`; results do not depend on it beyond float rounding). Returns [n]
     tensors: entropy, kl_to_final = KL(pi_theta || readout), target_logprob, target_rank
-    (1 + count of larger logits, no sort), top1_agree. Target metrics are NaN where
-    targets == -1.
+    (1 + count of larger logits, no sort), top1_agree; with top_k > 0 also top_ids and
+    top_logprobs [n, top_k], most probable first. Target metrics are NaN where targets == -1.
     """
     z = logits.float()
     target_logits = z.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    stats = ReadoutStats(targets, reference, target_logits)
+    stats = ReadoutStats(targets, reference, target_logits, top_k=top_k)
     stats.feed(z, block)
     return stats.result()
 
@@ -131,8 +135,9 @@ def block_stats(
     """One vocabulary block z [n, w]: its max m, s = sum e^(z - m), u = sum e^(z - m) (z - m)
     and count(z > threshold [n, 1]), each [n]. e^x is computed as 2^(x log2 e): exp2 is twice
     as fast as exp on CPU; terms below 2^EXP2_FLOOR (subnormal, slow on x86) are raised to it,
-    which adds < 1e-31 to s >= 1."""
-    m = z.amax(dim=-1, keepdim=True)
+    which adds < 1e-31 to s >= 1. A block of -inf logits (masked) gets m = FLOAT_MIN, so its
+    weight e^(m - M) in `ReadoutStats` is 0."""
+    m = z.amax(dim=-1, keepdim=True).clamp_min(FLOAT_MIN)
     t = ((z - m) * LOG2_E).clamp_min(EXP2_FLOOR)
     e = torch.exp2(t)
     count = (z > threshold).sum(dim=-1, dtype=torch.float32)
@@ -168,6 +173,26 @@ def block_kernel(z: torch.Tensor) -> Callable:
     return block_stats
 
 
+class RunningTopK:
+    """The k largest logits of each of n rows and their vocabulary ids, merged block by block
+    (never more than [n, k + w] values alive)."""
+
+    def __init__(self, n: int, k: int, device: torch.device):
+        self.k = k
+        self.values = torch.empty(n, 0, device=device)
+        self.ids = torch.empty(n, 0, dtype=torch.long, device=device)
+
+    def update(self, z: torch.Tensor, start: int) -> None:
+        """Merge block z [n, w], whose first column is vocabulary entry `start`."""
+        values, ids = z.topk(min(self.k, z.shape[1]), dim=-1)
+        values = torch.cat([self.values, values], dim=-1)
+        ids = torch.cat([self.ids, ids + start], dim=-1)
+        if self.ids.shape[1]:
+            values, keep = values.topk(min(self.k, values.shape[1]), dim=-1)
+            ids = ids.gather(-1, keep)
+        self.values, self.ids = values, ids
+
+
 class ReadoutStats:
     """Streaming metrics of one readout chunk; feed its vocabulary blocks in order, then read.
 
@@ -178,7 +203,8 @@ class ReadoutStats:
     with the target to rounding. picks: `BlockPicks` of the targets and of pi_theta's argmax
     (built by `feed` when not given). expected_logit [n]: E_{pi_theta}[z] when the caller knows
     it (for z = x W_U^T it is x . (pi_theta W_U), a d_model dot product); otherwise it is
-    summed from reference.probs block by block.
+    summed from reference.probs block by block. top_k > 0 also keeps the top_k most probable
+    entries (`RunningTopK`).
     """
 
     def __init__(
@@ -188,6 +214,7 @@ class ReadoutStats:
         target_logits: torch.Tensor | None = None,
         picks: tuple[BlockPicks, BlockPicks | None] | None = None,
         expected_logit: torch.Tensor | None = None,
+        top_k: int = 0,
     ):
         n = targets.shape[0]
         device = targets.device
@@ -205,6 +232,7 @@ class ReadoutStats:
         self.ref_dot = torch.zeros(n, device=device)
         self.target_logit = torch.full((n,), torch.nan, device=device)
         self.at_ref_argmax = torch.full((n,), torch.nan, device=device)
+        self.top = RunningTopK(n, top_k, device) if top_k > 0 else None
         self._start = 0
 
     def feed(self, logits: torch.Tensor, block: int | None = None) -> None:
@@ -228,8 +256,10 @@ class ReadoutStats:
             ref_picks.take(z, index, self.at_ref_argmax)
         if self.reference is not None and self.expected_logit is None:
             probs = self.reference.probs[:, self._start : self._start + z.shape[1]]
-            self.ref_dot += (z * probs).sum(dim=-1)
+            self.ref_dot += torch.where(probs > 0, z * probs, 0.0).sum(dim=-1)
         self.blocks.append(block_kernel(z)(z, self.threshold))
+        if self.top is not None:
+            self.top.update(z, self._start)
         self._start += z.shape[1]
 
     def _combined(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -250,7 +280,8 @@ class ReadoutStats:
         return total.log() - spread / total
 
     def result(self) -> dict[str, torch.Tensor]:
-        """entropy, target_logprob, target_rank (+ kl_to_final, top1_agree with a reference)."""
+        """entropy, target_logprob, target_rank (+ kl_to_final, top1_agree with a reference;
+        + top_ids, top_logprobs [n, k] with top_k), each [n]."""
         top, total, spread, count = self._combined()
         lse = top + total.log()
         has_target = self.targets >= 0
@@ -268,4 +299,7 @@ class ReadoutStats:
             kl = self.reference.neg_entropy - expected + lse
             out["kl_to_final"] = kl.clamp(min=0.0)
             out["top1_agree"] = self.at_ref_argmax >= top
+        if self.top is not None:
+            out["top_ids"] = self.top.ids
+            out["top_logprobs"] = self.top.values - lse.unsqueeze(-1)
         return out

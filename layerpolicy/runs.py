@@ -1,10 +1,14 @@
-"""Run directories: atomic writes, the JSON record of settings and versions, and resume.
+"""Run directories for analysis and training: atomic writes, an OS lock, the record, resume.
 
-Layout of a run directory:
-    run.json         settings, resolved model, prompt source + hash, versions, timings, status
-    parts/           part-NNNNN.parquet, one per finished batch (what a resumed run keeps)
-    tokens.parquet   all parts merged (docs/tables.md), written when every prompt is done
-    prompts.parquet  per-prompt means;  summary.csv  per (site, layer, metric) statistics
+Layout of an analysis run directory:
+    run.json               settings, resolved model, prompt source + hash, versions, timings, status
+    parts/                 part-NNNNN.parquet, one per finished batch (what a resumed run keeps);
+                           shard-R-of-W-part-NNNNN.parquet and shard-R-of-W.json under a
+                           data-parallel launch (layerpolicy.parallel)
+    tokens.parquet         all parts merged (docs/tables.md), written when every prompt is done
+    prompt_means.parquet   per-prompt means (runs made before the rename hold prompts.parquet)
+    summary.csv            per (site, layer, metric) statistics
+    .lock                  the lock file: the holder's pid; the lock itself dies with the process
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import errno
 import json
 import os
 import platform
-import tempfile
-from collections.abc import Iterator
+import re
+import secrets
+from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -23,21 +28,27 @@ from typing import Any
 import pandas as pd
 
 from .errors import LayerpolicyError, RunDirectoryError
+from .locking import file_lock
 
 PACKAGES = ("layerpolicy", "torch", "transformers", "transformer-lens", "pandas", "numpy")
+LOCK_NAME = ".lock"
+PART_GLOB = "*part-*.parquet"
+SHARD_GLOB = "shard-*-of-*.json"
+_SHARD_PART = re.compile(r"^shard-(\d+)-of-(\d+)-")
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
 
-    A full disk or other OS error becomes a one-line error; the previous file stays intact.
+    The temporary file is created as a plain open() would create it, so the finished file has
+    the mode the current umask gives. A full disk or other OS error becomes a one-line error;
+    the previous file stays intact.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield tmp
         os.replace(tmp, path)
@@ -92,7 +103,7 @@ def versions() -> dict[str, str]:
 
 
 class RunDirectory:
-    """A run directory for one model's analysis, resumable batch by batch."""
+    """A run directory for one analysis or training run, resumable batch by batch."""
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
@@ -115,13 +126,40 @@ class RunDirectory:
 
     @property
     def prompt_means_path(self) -> Path:
-        return self.path / "prompts.parquet"
+        return self.path / "prompt_means.parquet"
+
+    def prompt_means_source(self) -> Path:
+        """Where to read per-prompt means: the current name, or the name older runs used."""
+        legacy = self.path / "prompts.parquet"
+        if not self.prompt_means_path.is_file() and legacy.is_file():
+            return legacy
+        return self.prompt_means_path
+
+    def ensure(self) -> None:
+        """Create the directory; a regular file in its place is a one-line error."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirectoryError(
+                f"--out {self.path} is a file, not a directory; choose another --out"
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def lock(
+        self, *, shared: bool = False, wait: bool = True, timeout: float | None = None
+    ) -> contextlib.AbstractContextManager[None]:
+        """The directory's OS lock (exclusive unless `shared`); see `file_lock`."""
+        self.ensure()
+        return file_lock(
+            self.path / LOCK_NAME, guards=self.path, shared=shared, wait=wait, timeout=timeout
+        )
 
     def exists(self) -> bool:
         return self.record_path.is_file()
 
     def record(self) -> dict[str, Any]:
         return read_json(self.record_path)
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        write_json(record, self.record_path)
 
     def is_complete(self) -> bool:
         return (
@@ -133,43 +171,93 @@ class RunDirectory:
     def start(self, record: dict[str, Any], *, force: bool) -> None:
         """Begin or resume: settings must match an unfinished run's unless `force`."""
         if force and self.path.exists():
-            for part in self.parts_dir.glob("part-*.parquet"):
-                part.unlink()
-        elif self.exists():
+            self.remove([*self.part_paths(), *self.shard_record_paths()])
+        else:
             self.check_settings(record["settings"])
         self.parts_dir.mkdir(parents=True, exist_ok=True)
-        write_json({**record, "status": "running"}, self.record_path)
+        self.write_record({**record, "status": "running"})
 
-    def check_settings(self, settings: dict[str, Any]) -> None:
-        """Raise unless this directory's run was made with `settings`."""
-        previous = self.record().get("settings") or {}
-        if previous == settings:
-            return
-        changed = sorted(
-            key for key in {**previous, **settings} if previous.get(key) != settings.get(key)
-        )
-        raise RunDirectoryError(
-            f"{self.path} holds a run with other settings ({', '.join(changed)}); "
-            "use another --out or --force to overwrite it"
-        )
+    def check_settings(self, settings: dict[str, Any], *, ignore: Iterable[str] = ()) -> None:
+        """Raise unless this directory's run and shards were made with `settings`.
 
-    def finished_prompt_ids(self) -> set[str]:
+        Keys in `ignore` may differ (settings that a resumed run may change)."""
+        skip = set(ignore)
+        sources = [("a run", self.record())] if self.exists() else []
+        sources += [("shards", read_json(p)) for p in self.shard_record_paths()]
+        for what, record in sources:
+            previous = record.get("settings") or {}
+            changed = sorted(
+                key
+                for key in {**previous, **settings}
+                if key not in skip and previous.get(key) != settings.get(key)
+            )
+            if changed:
+                raise RunDirectoryError(
+                    f"{self.path} holds {what} with other settings ({', '.join(changed)}); "
+                    "use another --out or --force to overwrite it"
+                )
+
+    def shard_record_paths(self) -> list[Path]:
+        return sorted(self.parts_dir.glob(SHARD_GLOB))
+
+    def part_paths(self, prefix: str | None = None) -> list[Path]:
+        """Finished part files: all of them, or those written under `prefix` ("" = one process)."""
+        pattern = PART_GLOB if prefix is None else f"{prefix}part-*.parquet"
+        return sorted(self.parts_dir.glob(pattern), key=_part_order)
+
+    def remove(self, paths: Iterable[Path]) -> None:
+        for path in paths:
+            path.unlink(missing_ok=True)
+
+    def finished_prompt_ids(self, prefix: str | None = None) -> set[str]:
+        """Prompt ids in the finished parts (all, or those under `prefix`)."""
         done: set[str] = set()
-        for part in sorted(self.parts_dir.glob("part-*.parquet")):
+        for part in self.part_paths(prefix):
             done.update(pd.read_parquet(part, columns=["prompt_id"])["prompt_id"].unique())
         return done
 
-    def write_part(self, frame: pd.DataFrame) -> Path:
-        index = len(list(self.parts_dir.glob("part-*.parquet")))
-        path = self.parts_dir / f"part-{index:05d}.parquet"
+    def write_part(self, frame: pd.DataFrame, prefix: str = "") -> Path:
+        """Write one batch's rows as the next part (under `prefix`, e.g. a shard's name)."""
+        index = len(self.part_paths(prefix))
+        path = self.parts_dir / f"{prefix}part-{index:05d}.parquet"
         write_parquet(frame, path)
         return path
 
-    def merged_tokens(self) -> pd.DataFrame:
-        parts = sorted(self.parts_dir.glob("part-*.parquet"))
+    def merged_tokens(self, order: Iterable[str] | None = None) -> pd.DataFrame:
+        """Every part's rows, part after part (shards in rank order).
+
+        With `order` (the prompt set's ids), each of those prompts must be there; a prompt found
+        in several parts (a shard and an older part) is taken from the first that holds it."""
+        parts = self.part_paths()
         if not parts:
             raise RunDirectoryError(f"{self.path} has no finished prompts")
-        return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+        frames = [pd.read_parquet(p) for p in parts]
+        if order is None:
+            return pd.concat(frames, ignore_index=True)
+        wanted = list(order)
+        seen: set[str] = set()
+        kept = []
+        for frame in frames:
+            ids = frame["prompt_id"].astype(str)
+            kept.append(frame[ids.isin(set(wanted) - seen).to_numpy()])
+            seen.update(ids.unique())
+        missing = [p for p in wanted if p not in seen]
+        if missing:
+            raise RunDirectoryError(
+                f"{self.path} lacks {len(missing)} prompt(s) (first: {missing[0]}); rerun the "
+                "same command to score them"
+            )
+        return pd.concat(kept, ignore_index=True)
 
     def finish(self, record_updates: dict[str, Any]) -> None:
-        write_json({**self.record(), **record_updates, "status": "complete"}, self.record_path)
+        """Mark the run complete: run.json gets `record_updates` over what it held (if anything)."""
+        previous = self.record() if self.exists() else {}
+        self.write_record({**previous, **record_updates, "status": "complete"})
+
+
+def _part_order(path: Path) -> tuple[int, int, int, str]:
+    """Single-process parts first, then each launch's shards in rank order, batches in order."""
+    match = _SHARD_PART.match(path.name)
+    if match is None:
+        return (0, 0, 0, path.name)
+    return (1, int(match.group(2)), int(match.group(1)), path.name)

@@ -26,10 +26,11 @@ from matplotlib.figure import Figure
 
 import layerpolicy as lp
 from layerpolicy import plots
-from layerpolicy.bupo.loop import LOG_NAME
-from layerpolicy.comparison import CompareResult, compare, difference
+from layerpolicy.bupo.log import LOG_NAME
+from layerpolicy.comparison import CompareResult, compare
 from layerpolicy.prompts import PromptSet
 from layerpolicy.runs import read_json, write_csv
+from layerpolicy.tables.difference import difference
 
 REPO = Path(__file__).resolve().parent.parent
 FAMILIES = ("qwen", "llama")
@@ -179,7 +180,7 @@ def bupo_figures(bupo: BupoRun, out: Path) -> list[Path]:
     drawn = {
         "bupo_training_log": plots.plot_training_log(bupo.log, title=title),
         "bupo_difference": plots.plot_difference(
-            bupo.before, bupo.after, title=f"entropy, after − before · {title}"
+            difference(bupo.before, bupo.after), title=f"entropy, after − before · {title}"
         ),
     }
     return _save(drawn, out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -12,6 +13,19 @@ from layerpolicy.models import load_model
 from layerpolicy.models.tiny import TINY_ARCHITECTURES, save_tiny_model
 
 warnings.filterwarnings("ignore", module="transformer_lens")
+
+# Real prompt sets (math500, deepmath) for the named sources, where this checkout has them.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if SHARED_DATA.is_dir():
+    os.environ.setdefault("LAYERPOLICY_DATA", str(SHARED_DATA))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The directory of the real prompt sets; skips the test where this checkout has none."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("no ../shared/data next to this checkout")
+    return SHARED_DATA
 
 
 @pytest.fixture(scope="session")

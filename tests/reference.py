@@ -1,4 +1,5 @@
-"""All-at-once reference: plain Hugging Face forward hooks, full logits, torch.distributions."""
+"""All-at-once reference from the plain Hugging Face model alone: module forward hooks,
+`output_hidden_states`, `lm_head`, full logits and torch.distributions."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ def plain_model(directory) -> torch.nn.Module:
 def reference_vectors(
     model: torch.nn.Module, ids: torch.Tensor
 ) -> dict[tuple[str, int], torch.Tensor]:
-    """Every site's vectors [T, d] for one sequence, from forward hooks on the plain HF model."""
+    """Every site's vectors [T, d] for one sequence, from forward hooks on the plain HF model
+    (H^l from each decoder layer's own output, so H^L is before the final norm)."""
     found: dict[tuple[str, int], torch.Tensor] = {}
     handles = []
 
@@ -32,19 +34,24 @@ def reference_vectors(
         handles.append(layer.self_attn.register_forward_hook(keep(("attn", i))))
         handles.append(layer.post_attention_layernorm.register_forward_hook(keep(("mlp_in", i))))
         handles.append(layer.mlp.register_forward_hook(keep(("mlp", i))))
-    with torch.no_grad():
-        out = model(ids, output_hidden_states=True)
-    for handle in handles:
-        handle.remove()
+        handles.append(layer.register_forward_hook(keep(("resid", i))))
+    try:
+        with torch.no_grad():
+            out = model(ids, output_hidden_states=True)
+    finally:
+        for handle in handles:
+            handle.remove()
     found[("embed", 0)] = out.hidden_states[0][0]
-    # H^l for l < L from hidden_states; H^L is pre-norm: rebuild it from the last block's parts.
-    for i in range(1, len(layers)):
-        found[("resid", i)] = out.hidden_states[i][0]
-    last = len(layers)
-    before_last = found[("resid", last - 1) if last > 1 else ("embed", 0)]
-    found[("resid", last)] = before_last + found[("attn", last)] + found[("mlp", last)]
-    found[("final_logits", last)] = out.logits[0]
+    found[("final_logits", len(layers))] = out.logits[0]
     return found
+
+
+def reference_logits(model: torch.nn.Module, x: torch.Tensor, readout: str) -> torch.Tensor:
+    """A readout's logits [T, V] with the plain model's own lm_head (and final norm)."""
+    with torch.no_grad():
+        if readout == "logit-lens":
+            x = model.model.norm(x)
+        return model.lm_head(x)
 
 
 def reference_metrics(logits: torch.Tensor, final_logits: torch.Tensor) -> dict[str, torch.Tensor]:

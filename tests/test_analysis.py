@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from layerpolicy.cli.app import main
 
-import layerpolicy.analysis as analysis
-from layerpolicy.analysis import AnalysisConfig, analyse, load_run
+from layerpolicy.analysis import analyse, load_run
+from layerpolicy.config import AnalysisConfig, PromptConfig
+from layerpolicy.engine import Engine
 from layerpolicy.errors import RunDirectoryError
 from layerpolicy.prompts import load_prompts
 from layerpolicy.runs import RunDirectory
@@ -44,6 +45,8 @@ def test_entropy_cli_writes_tables_record_and_figures(tiny_dirs, tmp_path, capsy
     assert record["status"] == "complete" and record["settings"]["readout"] == "raw"
     assert record["kl_direction"] == "KL(pi_theta || readout)"
     assert record["versions"]["torch"]
+    assert record["readout_checks"]["linearity_shortcut"] == "used"
+    assert record["sampling"] is None and record["prompts"]["n_prompts"] == 3
     for name in ("entropy_profile", "entropy_change", "kl_to_final", "heatmap_first_prompt"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 0
         assert (out / "figures" / f"{name}.svg").stat().st_size > 0
@@ -63,7 +66,7 @@ def test_interrupted_run_resumes_and_matches_uninterrupted(tiny_models, tmp_path
     prompts = load_prompts(None, limit=5)
     reference = analyse(model, prompts, config=FAST, progress=False, out=tmp_path / "whole")
 
-    real_score = analysis.score_batch
+    real_score = Engine.score
     calls = {"n": 0}
 
     def interrupt_second_batch(*args, **kwargs):
@@ -72,7 +75,7 @@ def test_interrupted_run_resumes_and_matches_uninterrupted(tiny_models, tmp_path
             raise KeyboardInterrupt
         return real_score(*args, **kwargs)
 
-    monkeypatch.setattr(analysis, "score_batch", interrupt_second_batch)
+    monkeypatch.setattr(Engine, "score", interrupt_second_batch)
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         analyse(model, prompts, config=FAST, progress=False, out=out)
@@ -81,11 +84,11 @@ def test_interrupted_run_resumes_and_matches_uninterrupted(tiny_models, tmp_path
 
     scored: list[str] = []
 
-    def count(model_, encoded, config):
+    def count(engine, encoded):
         scored.extend(e.prompt_id for e in encoded)
-        return real_score(model_, encoded, config)
+        return real_score(engine, encoded)
 
-    monkeypatch.setattr(analysis, "score_batch", count)
+    monkeypatch.setattr(Engine, "score", count)
     resumed = analyse(model, prompts, config=FAST, progress=False, out=out)
     assert scored == [item.id for item in prompts.items[2:]]
     key = ["prompt_id", "site", "layer", "position"]
@@ -103,7 +106,7 @@ def test_finished_run_is_loaded_not_recomputed(tiny_models, tmp_path, monkeypatc
     def fail(*args, **kwargs):
         raise AssertionError("a finished run was recomputed")
 
-    monkeypatch.setattr(analysis, "score_batch", fail)
+    monkeypatch.setattr(Engine, "score", fail)
     again = analyse(
         tiny_models["qwen2"], load_prompts(None, limit=2), config=FAST, progress=False, out=out
     )
@@ -120,11 +123,13 @@ def test_other_settings_in_the_same_directory_are_refused(tiny_models, tmp_path)
 
 
 def test_generate_scores_sampled_response_only_and_is_reproducible(tiny_models):
-    config = AnalysisConfig(generate=5, n_boot=20, seed=3)
-    prompts = load_prompts(None, limit=2)
+    config = AnalysisConfig(n_boot=20, seed=3)
+    prompts = PromptConfig(limit=2, generate=5)
     first = analyse(tiny_models["llama"], prompts, config=config, progress=False)
     second = analyse(tiny_models["llama"], prompts, config=config, progress=False)
     pd.testing.assert_frame_equal(first.tokens, second.tokens)
+    assert first.record["sampling"]["max_new_tokens"] == 5
+    assert first.record["sampling"]["temperature"] == 1.0
     per_prompt = first.tokens[first.tokens.site == "final"].groupby("prompt_id").size()
     assert (per_prompt <= 5).all() and (per_prompt >= 1).all()
     assert (first.tokens.target_id >= 0).all()
@@ -180,22 +185,6 @@ def test_missing_prompt_file_names_the_path(tiny_dirs, tmp_path, capsys):
     missing = tmp_path / "nowhere.parquet"
     code = main(["entropy", "--model", str(tiny_dirs["qwen2"]), "--prompts", str(missing)])
     assert code == 2 and str(missing) in capsys.readouterr().err
-
-
-def test_sampled_response_equals_step_by_step_sampling_without_cache(tiny_models):
-    """Generation with a KV cache must give what a full forward per step gives."""
-    import torch
-
-    from layerpolicy.sampling import sample_response
-
-    model = tiny_models["qwen2"]
-    prompt = list(model.tokenizer("What is 6 * 8?")["input_ids"])
-    greedy = sample_response(model, prompt, max_new_tokens=6, temperature=0.0)
-    ids = list(prompt)
-    with torch.no_grad():
-        for _ in range(len(greedy)):
-            ids.append(int(model.hf_model(torch.tensor([ids])).logits[0, -1].argmax()))
-    assert list(greedy) == ids[len(prompt) :]
 
 
 @pytest.mark.parametrize("sites", ["resid", "modules"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -10,11 +12,15 @@ import pytest
 import torch
 from layerpolicy.cli.app import main
 
-import layerpolicy.analysis as analysis
-from layerpolicy.analysis import AnalysisConfig, analyse
-from layerpolicy.comparison import COMPARISON_COLUMNS, compare
-from layerpolicy.errors import RunDirectoryError
+import layerpolicy.comparison as comparison
+from layerpolicy.analysis import analyse
+from layerpolicy.comparison import compare
+from layerpolicy.config import AnalysisConfig
+from layerpolicy.engine import Engine
+from layerpolicy.errors import LayerpolicyError, RunDirectoryError
 from layerpolicy.models.tiny import build_tiny_tokenizer, save_tiny_model, tiny_config
+from layerpolicy.tables.difference import difference
+from layerpolicy.tables.schema import COMPARISON_COLUMNS, DIFFERENCE_COLUMNS
 
 FAST = AnalysisConfig(batch_size=2, n_boot=50)
 
@@ -65,7 +71,7 @@ def test_second_compare_with_same_settings_does_no_forward_pass(
     def fail(*args, **kwargs):
         raise AssertionError("a cached model was scored again")
 
-    monkeypatch.setattr(analysis, "score_batch", fail)
+    monkeypatch.setattr(Engine, "score", fail)
     again = fast_compare(specs, tmp_path)
     pd.testing.assert_frame_equal(first.comparison, again.comparison)
     assert first.runs == again.runs
@@ -119,7 +125,7 @@ def test_readouts_must_match_unless_mixing_is_allowed(tiny_dirs, tmp_path, monke
         raise AssertionError("scored before the readouts were checked")
 
     with monkeypatch.context() as patch:
-        patch.setattr(analysis, "score_batch", fail)
+        patch.setattr(Engine, "score", fail)
         with pytest.raises(RunDirectoryError, match="--allow-mixed-readouts"):
             fast_compare([lens, tiny_dirs["llama"]], tmp_path)
     code = main(["compare", str(lens), str(tiny_dirs["llama"]), "--cache", str(tmp_path / "c")])
@@ -138,15 +144,22 @@ def test_missing_run_directory_is_a_clear_error(tiny_dirs, tmp_path, capsys):
     assert code == 2 and str(missing) in err and err.strip().count("\n") == 0
 
 
-def test_before_after_runs_give_the_difference(tiny_dirs, tmp_path):
-    train = tmp_path / "train-run"
-    run_dir(tiny_dirs["qwen2"], train / "before")
-    after_model = save_tiny_model(tmp_path / "trained" / "qwen2", "qwen2", seed=1)
-    run_dir(after_model, train / "after")
+@pytest.fixture(scope="module")
+def training_run(tiny_dirs, tmp_path_factory) -> Path:
+    """A training run directory: before/ (tiny qwen2) and after/ (the same shape, other weights)."""
+    root = tmp_path_factory.mktemp("train")
+    run_dir(tiny_dirs["qwen2"], root / "train-run" / "before")
+    after_model = save_tiny_model(root / "trained" / "qwen2", "qwen2", seed=1)
+    run_dir(after_model, root / "train-run" / "after")
+    return root / "train-run"
+
+
+def test_before_after_runs_give_the_difference(training_run, tmp_path):
     out = tmp_path / "cmp"
-    result = fast_compare([train], tmp_path, out=out)
+    result = fast_compare([training_run], tmp_path, out=out)
     assert list(result.summaries) == ["qwen2 (before)", "qwen2 (after)"]
     diff = pd.read_csv(out / "difference.csv")
+    assert list(diff.columns) == DIFFERENCE_COLUMNS
     before, after = (result.summaries[k] for k in result.summaries)
     row = diff.query("metric == 'entropy' and site == 'final'").iloc[0]
     expected = after.query("metric == 'entropy' and site == 'final'")["mean"].iloc[0]
@@ -156,3 +169,78 @@ def test_before_after_runs_give_the_difference(tiny_dirs, tmp_path):
     assert (out / "figures" / "difference_entropy.png").stat().st_size > 0
     assert (out / "figures" / "difference_entropy_change.svg").stat().st_size > 0
     assert "From qwen2 (before) to qwen2 (after)" in result.reading
+
+
+def test_a_second_compare_into_the_same_out_waits_for_the_first(training_run, tmp_path, capfd):
+    out = tmp_path / "cmp"
+    hold = "import sys, time\nfrom layerpolicy.runs import RunDirectory\n"
+    hold += (
+        "with RunDirectory(sys.argv[1]).lock():\n    print('held', flush=True)\n    time.sleep(2)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        result = fast_compare([training_run], tmp_path, out=out)
+        assert holder.poll() is not None  # the lock was free only once the holder had exited
+    finally:
+        holder.wait(timeout=60)
+    assert f"waiting for process {holder.pid}, which holds {out}" in capfd.readouterr().err
+    alone = fast_compare([training_run], tmp_path, out=tmp_path / "alone")
+    written = pd.read_csv(out / "comparison.csv")
+    pd.testing.assert_frame_equal(written, result.comparison, check_dtype=False)
+    pd.testing.assert_frame_equal(result.comparison, alone.comparison)
+    pd.testing.assert_frame_equal(result.difference, alone.difference)
+
+
+def test_out_that_is_a_file_is_refused_before_any_run_is_read(training_run, tmp_path, monkeypatch):
+    taken = tmp_path / "taken.txt"
+    taken.write_text("not a directory")
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a run was loaded before --out was checked")
+
+    monkeypatch.setattr(comparison, "load_run", fail)
+    with pytest.raises(RunDirectoryError, match="is a file, not a directory"):
+        fast_compare([training_run], tmp_path, out=taken)
+
+
+def summary_of(means: list[float], half_width: float, readout: str = "raw", n_layers: int = 2):
+    """A summary.csv frame of resid entropy at layers 1..n with a symmetric CI of `half_width`."""
+    return pd.DataFrame(
+        {
+            "model": "m",
+            "readout": readout,
+            "site": "resid",
+            "layer": range(1, len(means) + 1),
+            "n_layers": n_layers,
+            "rel_depth": [layer / n_layers for layer in range(1, len(means) + 1)],
+            "metric": "entropy",
+            "mean": means,
+            "ci_low": [m - half_width for m in means],
+            "ci_high": [m + half_width for m in means],
+        }
+    )
+
+
+def test_difference_combines_half_widths_in_quadrature():
+    diff = difference(summary_of([5.0, 2.0], 0.3), summary_of([5.5, 1.0], 0.4))
+    assert list(diff.columns) == DIFFERENCE_COLUMNS
+    assert list(diff["mean"]) == [0.5, -1.0]
+    assert list(diff["before"]) == [5.0, 2.0] and list(diff["after"]) == [5.5, 1.0]
+    assert list(diff["ci_low"]) == [0.0, -1.5] and list(diff["ci_high"]) == [1.0, -0.5]  # 3-4-5
+    rounded = difference(summary_of([0.0], 1 / 3, n_layers=1), summary_of([0.0], 0.0, n_layers=1))
+    assert rounded["ci_high"].iloc[0] == 0.333
+
+
+def test_difference_refuses_runs_that_do_not_pair():
+    with pytest.raises(LayerpolicyError, match="before uses readout 'raw' but after uses 'logit"):
+        difference(summary_of([1.0, 2.0], 0.1), summary_of([1.0, 2.0], 0.1, readout="logit-lens"))
+    with pytest.raises(LayerpolicyError, match="base has 2 layers but tuned has 3"):
+        difference(
+            summary_of([1.0, 2.0], 0.1),
+            summary_of([1.0, 2.0], 0.1, n_layers=3),
+            labels=("base", "tuned"),
+        )
+    mixed = pd.concat([summary_of([1.0], 0.1), summary_of([1.0], 0.1, readout="logit-lens")])
+    with pytest.raises(LayerpolicyError, match="before summary holds 2 readout values"):
+        difference(mixed, summary_of([1.0, 2.0], 0.1))

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from layerpolicy.engine import EngineConfig, batch_frame, capture, make_batch, score_batch
+from layerpolicy.engine import EngineConfig, score_batch
 from layerpolicy.metrics import (
     BlockPicks,
     block_kernel,
@@ -19,7 +19,10 @@ from layerpolicy.metrics import (
 )
 from layerpolicy.models import load_model
 from layerpolicy.prompts import PromptItem, encode_prompt
-from layerpolicy.readout.sites import Site, Unembedding, captured_sites, readout_order
+from layerpolicy.readout.capture import capture, make_batch
+from layerpolicy.readout.sites import Site, captured_sites, readout_order
+from layerpolicy.readout.unembed import Unembedding
+from layerpolicy.tables.tokens import batch_frame
 
 SHAPES = [(1, 1), (3, 2), (5, 17), (8, 300), (4, 5000)]
 
@@ -62,6 +65,72 @@ def test_metrics_equal_torch_distributions(n, vocab, scale):
     torch.testing.assert_close(got["target_logprob"].double(), logp, **tol)
     torch.testing.assert_close(got["target_rank"], sort_rank(logits, targets).float())
     assert torch.equal(got["top1_agree"], logits.argmax(-1) == final.argmax(-1))
+
+
+def masked_logits(n: int, vocab: int, seed: int) -> torch.Tensor:
+    """Random logits with a masked (-inf) vocabulary: a random third of each row, a whole
+    leading block of 40 entries, and all but one entry of the last row."""
+    logits = random_logits(n, vocab, seed)
+    generator = torch.Generator().manual_seed(seed + 2)
+    logits[torch.rand(n, vocab, generator=generator) < 1 / 3] = -torch.inf
+    logits[:, :40] = -torch.inf
+    logits[-1, :-1] = -torch.inf
+    logits[-1, -1] = 2.0
+    return logits
+
+
+@pytest.mark.parametrize("block", [None, 16, 40, 7])
+def test_masked_logits_equal_torch_distributions(block):
+    """-inf logits have probability 0: entropies stay finite, KL is infinite only where
+    pi_theta puts mass on an entry the readout masks."""
+    n, vocab = 6, 300
+    logits = masked_logits(n, vocab, 11)
+    final = masked_logits(n, vocab, 11)  # the same mask as the readout
+    final[:, 40:] = torch.where(torch.isinf(final[:, 40:]), final[:, 40:], random_logits(n, 260, 4))
+    targets = torch.tensor([45, 0, 299, 100, 200, 299])
+    got = readout_metrics(logits, targets, reference_policy(final, block), block, top_k=4)
+    readout = torch.distributions.Categorical(logits=logits.double())
+    policy = torch.distributions.Categorical(logits=final.double())
+    tol = {"rtol": 1e-5, "atol": 1e-5}
+    assert torch.isfinite(got["entropy"]).all()
+    torch.testing.assert_close(got["entropy"].double(), readout.entropy(), **tol)
+    torch.testing.assert_close(entropy_from_logits(logits).double(), readout.entropy(), **tol)
+    assert got["entropy"][-1] == pytest.approx(0.0, abs=1e-6)
+    kl = torch.distributions.kl_divergence(policy, readout)
+    assert torch.isfinite(kl).all()
+    torch.testing.assert_close(got["kl_to_final"].double(), kl, **tol)
+    logp = readout.log_prob(targets)
+    assert torch.isinf(logp[1]) and torch.isinf(got["target_logprob"][1])
+    finite = torch.isfinite(logp)
+    torch.testing.assert_close(got["target_logprob"].double()[finite], logp[finite], **tol)
+    top_logp, top_ids = torch.log_softmax(logits.double(), -1)[:-1].topk(4)
+    assert torch.equal(got["top_ids"][:-1], top_ids)
+    torch.testing.assert_close(got["top_logprobs"][:-1].double(), top_logp, **tol)
+    assert got["top_ids"][-1, 0] == vocab - 1
+
+
+def test_kl_is_infinite_where_the_readout_masks_policy_mass():
+    logits = random_logits(2, 50, 3)
+    logits[0, 7] = -torch.inf
+    final = random_logits(2, 50, 4)
+    got = readout_metrics(logits, torch.tensor([1, 2]), reference_policy(final), block=16)
+    kl = torch.distributions.kl_divergence(
+        torch.distributions.Categorical(logits=final),
+        torch.distributions.Categorical(logits=logits),
+    )
+    assert torch.isinf(got["kl_to_final"][0]) and torch.isinf(kl[0])
+    torch.testing.assert_close(got["kl_to_final"][1], kl[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("n", "vocab"), SHAPES)
+@pytest.mark.parametrize("block", [1, 7, None])
+def test_running_top_k_equals_torch_topk(n, vocab, block):
+    logits = random_logits(n, vocab, n + vocab)
+    k = min(5, vocab)
+    got = readout_metrics(logits, random_targets(n, vocab, 0), None, block=block, top_k=5)
+    logp, ids = torch.log_softmax(logits.double(), -1).topk(k)
+    assert torch.equal(got["top_ids"], ids)
+    torch.testing.assert_close(got["top_logprobs"].double(), logp, rtol=1e-5, atol=1e-5)
 
 
 def test_rank_counts_only_strictly_larger_logits():

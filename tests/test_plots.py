@@ -13,7 +13,7 @@ import pytest
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 
-from layerpolicy import plots
+from layerpolicy import plots, report
 
 N_LAYERS = 4
 SITES = ("resid", "attn", "mlp")
@@ -209,19 +209,51 @@ def test_compare_entropy_change_panels():
         assert len(bands(ax)) == 2
 
 
-def test_difference_quadrature_band():
-    before, after = make_summary(), make_summary(model="tiny-model-bupo", shift=1.0)
-    fig = plots.plot_difference(before, after, sites=("resid",))
+def make_difference(metric: str = "entropy") -> pd.DataFrame:
+    """A difference.csv frame: embed (layer 0) and resid/attn/mlp (1..L), skewed bands."""
+    cells = [("embed", 0), *((s, layer) for s in SITES for layer in range(1, N_LAYERS + 1))]
+    rows = []
+    for site, layer in cells:
+        mean = 0.1 * layer - 0.2
+        rows.append(
+            {
+                "site": site,
+                "layer": layer,
+                "n_layers": N_LAYERS,
+                "rel_depth": layer / N_LAYERS,
+                "metric": metric,
+                "before": 5.0,
+                "after": 5.0 + mean,
+                "mean": mean,
+                "ci_low": mean - 0.3,
+                "ci_high": mean + 0.1,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def test_difference_draws_the_table_as_given():
+    diff = make_difference()
+    fig = plots.plot_difference(
+        diff, sites=("resid", "mlp"), labels=("base", "tuned"), readout="raw"
+    )
     (ax,) = fig.axes
+    resid = diff[diff["site"].isin(["embed", "resid"])].sort_values("layer")
     line = labelled_lines(ax)["resid"]
-    np.testing.assert_allclose(line.get_ydata(), 1.0)
-    (band,) = bands(ax)
-    half = np.hypot(0.25, 0.25)
-    ys = band.get_paths()[0].vertices[:, 1]
-    np.testing.assert_allclose([ys.min(), ys.max()], [1.0 - half, 1.0 + half])
+    np.testing.assert_array_equal(line.get_xdata(), resid["layer"].to_numpy(float))
+    np.testing.assert_array_equal(line.get_ydata(), resid["mean"].to_numpy(float))
+    ys = bands(ax)[0].get_paths()[0].vertices[:, 1]
+    np.testing.assert_allclose(
+        [ys.min(), ys.max()], [resid["ci_low"].min(), resid["ci_high"].max()]
+    )
     assert "quadrature" in ax.get_ylabel() and "nats" in ax.get_ylabel()
-    with pytest.raises(ValueError, match="readout"):
-        plots.plot_difference(before, make_summary(readout="logit-lens"))
+    assert "tuned − base" in ax.get_title() and "softmax(x W_U)" in ax.get_title()
+    with pytest.raises(ValueError, match="no metric 'kl_to_final'; available metrics: entropy"):
+        plots.plot_difference(diff, metric="kl_to_final")
+    with pytest.raises(ValueError, match="lacks column"):
+        plots.plot_difference(diff.drop(columns="ci_low"))
+    with pytest.raises(ValueError, match="no site 'mlp'"):
+        plots.plot_difference(diff[diff["site"] != "mlp"])
 
 
 def test_token_heatmap_dollar_tokens_render():
@@ -285,3 +317,31 @@ def test_no_global_state_change():
         warnings.simplefilter("error")
         plots.plot_entropy_profile(make_summary(), show_norm=True).canvas.draw()
     assert dict(mpl.rcParams) == before
+
+
+class _Result:
+    """The two tables of an analysis result that its figure set reads."""
+
+    def __init__(self, summary: pd.DataFrame, tokens: pd.DataFrame):
+        self.summary, self.tokens = summary, tokens
+
+
+def test_run_figures_draw_what_the_run_has(tmp_path):
+    tokens = make_tokens().query("readout == 'raw'")
+    paths = report.run_figures(_Result(make_summary(), tokens), tmp_path / "a", vocab_size=1000)
+    names = {p.name for p in paths}
+    for stem in ("entropy_profile", "kl_to_final", "heatmap_first_prompt", "entropy_change"):
+        assert {f"{stem}.png", f"{stem}.svg"} <= names
+    assert all(p.parent == tmp_path / "a" and p.stat().st_size > 0 for p in paths)
+    resid_only = make_summary(metrics=("entropy", "kl_to_final", "rms_norm"))
+    resid_only = resid_only[resid_only["site"].isin(["embed", "resid", "final"])]
+    paths = report.run_figures(_Result(resid_only, tokens), tmp_path / "b")
+    assert {p.stem for p in paths} == {"entropy_profile", "kl_to_final", "heatmap_first_prompt"}
+
+
+def test_train_figures_add_the_difference_only_with_both_runs(tmp_path):
+    before, after = make_summary(), make_summary(shift=1.0)
+    paths = report.train_figures(tmp_path, make_log(), before=before, after=after, title="t")
+    assert {p.stem for p in paths} == {"training_log", "entropy_difference"}
+    paths = report.train_figures(tmp_path / "log", make_log(), before=before)
+    assert {p.name for p in paths} == {"training_log.png", "training_log.svg"}

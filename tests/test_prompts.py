@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import types
@@ -12,21 +13,26 @@ import pandas as pd
 import pytest
 
 from layerpolicy.bupo.reward import math_reward
-from layerpolicy.errors import OfflineError, PromptSourceError
+from layerpolicy.errors import LayerpolicyError, OfflineError, PromptSourceError
 from layerpolicy.models.tiny import build_tiny_tokenizer
 from layerpolicy.prompts import (
+    DATA_ENV,
+    SYSTEM_INSTRUCTION,
     PromptItem,
-    _as_messages,
+    PromptSet,
     builtin_prompts,
     encode_generation_prompt,
     encode_prompt,
     encode_with_response_ids,
+    has_thinking_switch,
     load_prompts,
+    prompts_sha256,
+    set_names,
+    thinking_mode,
     with_response,
+    with_response_ids,
 )
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-MATH500 = DATA / "math500.parquet"
+from layerpolicy.prompts.records import _as_messages
 
 
 @pytest.fixture(scope="module")
@@ -164,14 +170,13 @@ def test_parquet_bupo_layout(tmp_path: Path) -> None:
     assert load_prompts(path, answer_column="final_answer").items[1].answer == "six"
 
 
-@pytest.mark.skipif(not MATH500.is_file(), reason="shared data not present")
-def test_math500_parquet() -> None:
-    prompts = load_prompts(MATH500, limit=3)
+def test_math500_parquet(shared_data: Path) -> None:
+    prompts = load_prompts(shared_data / "math500.parquet", limit=3)
     assert [item.id for item in prompts.items] == ["math500-0", "math500-1", "math500-2"]
     first = prompts.items[0]
     assert [m["role"] for m in first.messages] == ["system", "user"]
     assert first.answer == r"\left( 3, \frac{\pi}{2} \right)"
-    assert load_prompts(MATH500, limit=3).sha256 == prompts.sha256
+    assert load_prompts(shared_data / "math500.parquet", limit=3).sha256 == prompts.sha256
 
 
 def test_numpy_arrays_of_messages_are_accepted() -> None:
@@ -281,6 +286,141 @@ def test_hub_without_datasets_package(monkeypatch: pytest.MonkeyPatch) -> None:
         load_prompts("hf:owner/name")
 
 
+# ----------------------------------------------------------------------------- named sets
+
+
+def _bupo_parquet(path: Path, questions: list[str]) -> Path:
+    frame = pd.DataFrame(
+        {
+            "prompt": [
+                [{"role": "system", "content": SYSTEM_INSTRUCTION}, {"role": "user", "content": q}]
+                for q in questions
+            ],
+            "reward_model": [{"ground_truth": str(i)} for i in range(len(questions))],
+        }
+    )
+    frame.to_parquet(path)
+    return path
+
+
+def test_named_sets_read_the_local_copy(shared_data: Path) -> None:
+    math500 = load_prompts("math500", limit=3)
+    by_path = load_prompts(shared_data / "math500.parquet", limit=3)
+    assert math500.items == by_path.items and math500.sha256 == by_path.sha256
+    assert math500.record() == {
+        "source": "math500",
+        "resolved": str((shared_data / "math500.parquet").resolve()),
+        "sha256": by_path.sha256,
+        "n_prompts": 3,
+    }
+    deepmath = load_prompts("deepmath", limit=2)
+    assert deepmath.resolved == str((shared_data / "deepmath-5k.parquet").resolve())
+    assert all(item.answer and item.messages[0]["role"] == "system" for item in deepmath.items)
+
+
+def test_named_set_accepts_name_parquet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _bupo_parquet(tmp_path / "deepmath.parquet", ["a?", "b?"])
+    monkeypatch.setenv(DATA_ENV, str(tmp_path))
+    prompts = load_prompts("deepmath")
+    assert (prompts.source, prompts.resolved) == ("deepmath", str(path.resolve()))
+    assert [item.answer for item in prompts.items] == ["0", "1"]
+
+
+def test_named_sets_fall_back_to_the_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def load(name: str, split: str) -> _FakeDataset:
+        calls.append((name, split))
+        rows = [{"problem": "P0", "answer": "1"}, {"problem": "P1", "answer": "2"}]
+        if name == "zwhe99/DeepMath-103K":
+            rows = [{"question": "Q0", "final_answer": "3", "r1_solution_1": "..."}]
+        return _FakeDataset(rows)
+
+    _fake_datasets(monkeypatch, load)
+    monkeypatch.setenv(DATA_ENV, str(tmp_path))  # a directory without the files
+    math500 = load_prompts("math500", limit=1)
+    assert (math500.source, math500.resolved) == ("math500", "hf:HuggingFaceH4/MATH-500:test")
+    assert math500.items == (
+        PromptItem(
+            "math500-0",
+            (
+                {"role": "system", "content": SYSTEM_INSTRUCTION},
+                {"role": "user", "content": "P0"},
+            ),
+            None,
+            answer="1",
+        ),
+    )
+    monkeypatch.delenv(DATA_ENV)
+    deepmath = load_prompts("deepmath")
+    assert deepmath.resolved == "hf:zwhe99/DeepMath-103K:train"
+    assert deepmath.items[0].messages[1]["content"] == "Q0" and deepmath.items[0].answer == "3"
+    assert calls == [("HuggingFaceH4/MATH-500", "test"), ("zwhe99/DeepMath-103K", "train")]
+
+
+def test_named_set_offline_says_how_to_work_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def offline(name: str, split: str) -> None:
+        raise ConnectionError("Couldn't reach it")
+
+    _fake_datasets(monkeypatch, offline)
+    monkeypatch.setenv(DATA_ENV, str(tmp_path))
+    with pytest.raises(OfflineError, match=f"set {DATA_ENV} to a folder that holds math500"):
+        load_prompts("math500")
+
+
+def test_unknown_names_list_the_named_sets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    assert set_names() == ("builtin", "deepmath", "math500")
+    with pytest.raises(PromptSourceError) as error:
+        load_prompts("math5000")
+    assert str(error.value) == (
+        "unknown prompt set 'math5000'; named sets: builtin, deepmath, math500 "
+        "(or give a file path or hf:owner/name)"
+    )
+    with pytest.raises(PromptSourceError, match="not found"):
+        load_prompts(str(tmp_path / "math5000.parquet"))
+    with pytest.raises(PromptSourceError, match="column options"):
+        load_prompts("math500", column="question")
+    monkeypatch.setenv(DATA_ENV, str(_write_jsonl(tmp_path / "file.jsonl", [])))
+    with pytest.raises(PromptSourceError, match=f"{DATA_ENV}=.* is not a directory"):
+        load_prompts("math500")
+
+
+# ----------------------------------------------------------------------------- limits and ids
+
+
+def test_limit_applies_to_prompt_sets_as_to_sources() -> None:
+    full = load_prompts(limit=10)
+    four = load_prompts(full, limit=4)
+    assert four == load_prompts(limit=4) == full.head(4)
+    assert load_prompts(full) is full and full.head(None) is full and full.head(99) is full
+    assert four.record()["n_prompts"] == 4 and four.record()["resolved"] == "builtin"
+    with pytest.raises(PromptSourceError, match="positive"):
+        full.head(0)
+    with pytest.raises(PromptSourceError, match="column options"):
+        load_prompts(full, column="prompt")
+
+
+def test_hash_ignores_unset_response_ids_and_counts_set_ones() -> None:
+    item = builtin_prompts(1)[0]
+    fields = {"id": item.id, "messages": list(item.messages), "text": None, "response": None}
+    payload = json.dumps([{**fields, "answer": item.answer}], sort_keys=True, separators=(",", ":"))
+    assert prompts_sha256([item]) == hashlib.sha256(payload.encode()).hexdigest()
+    sampled = with_response_ids(item, [5, 6])
+    assert prompts_sha256([sampled]) != prompts_sha256([item])
+    assert with_response(sampled, "x").response_ids is None
+    assert isinstance(load_prompts(limit=1), PromptSet)
+
+
+def test_response_ids_are_scored_verbatim(tokenizer) -> None:
+    item = builtin_prompts(1)[0]
+    encoded = encode_prompt(with_response_ids(item, [7, 8, 9]), tokenizer)
+    prompt = encode_generation_prompt(item, tokenizer)
+    assert encoded.input_ids == (*prompt, 7, 8, 9)
+    assert encoded == encode_with_response_ids(item, tokenizer, [7, 8, 9])
+
+
 # ----------------------------------------------------------------------------- encoding
 
 
@@ -296,7 +436,9 @@ class _ByteTokenizer:
         ids = list(text.encode("utf-8"))
         return {"input_ids": [self.bos, *ids] if add_special_tokens else ids}
 
-    def apply_chat_template(self, messages, tokenize: bool, add_generation_prompt: bool) -> str:
+    def apply_chat_template(
+        self, messages, tokenize: bool, add_generation_prompt: bool, **variables
+    ) -> str:
         assert tokenize is False and add_generation_prompt is True
         return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
 
@@ -380,3 +522,81 @@ def test_truncation() -> None:
     plain = encode_prompt(item, tokenizer, max_tokens=5)
     assert plain.input_ids == full.input_ids[:5] and plain.truncated and all(plain.score_mask)
     assert not encode_prompt(item, tokenizer, max_tokens=100).truncated
+
+
+# ----------------------------------------------------------------------------- thinking mode
+
+QWEN3_STYLE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}"
+    "<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+
+
+@pytest.fixture
+def thinking_tokenizer():
+    """The tiny tokenizer under a Qwen3-style template: thinking unless enable_thinking=False."""
+    tok = build_tiny_tokenizer()
+    tok.chat_template = QWEN3_STYLE
+    return tok
+
+
+def _rendered_ids(tok, item, **variables) -> tuple[int, ...]:
+    text = tok.apply_chat_template(
+        list(item.messages), tokenize=False, add_generation_prompt=True, **variables
+    )
+    return tuple(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def test_thinking_templates_default_to_no_thinking(thinking_tokenizer) -> None:
+    tok, item = thinking_tokenizer, builtin_prompts(1)[0]
+    assert has_thinking_switch(tok)
+    no_thinking = _rendered_ids(tok, item, enable_thinking=False)
+    thinking = _rendered_ids(tok, item, enable_thinking=True)
+    assert no_thinking != thinking
+    assert encode_generation_prompt(item, tok) == no_thinking
+    assert encode_generation_prompt(item, tok, thinking=False) == no_thinking
+    assert encode_generation_prompt(item, tok, thinking=True) == thinking
+    assert (thinking_mode(tok), thinking_mode(tok, True)) == (False, True)
+    encoded = encode_with_response_ids(item, tok, [5, 6])
+    assert encoded.input_ids[: encoded.response_start] == no_thinking
+
+
+def test_templates_without_a_switch_have_no_thinking_mode(tokenizer) -> None:
+    item = builtin_prompts(1)[0]
+    assert not has_thinking_switch(tokenizer)
+    assert thinking_mode(tokenizer) is None and thinking_mode(tokenizer, False) is None
+    assert encode_generation_prompt(item, tokenizer, thinking=False) == encode_generation_prompt(
+        item, tokenizer
+    )
+    with pytest.raises(LayerpolicyError, match="drop --thinking"):
+        encode_generation_prompt(item, tokenizer, thinking=True)
+    assert not has_thinking_switch(_ByteTokenizer())
+
+
+def test_thinking_needs_the_chat_template(thinking_tokenizer) -> None:
+    assert thinking_mode(thinking_tokenizer, chat_template=False) is None
+    with pytest.raises(LayerpolicyError, match="drop --thinking"):
+        thinking_mode(thinking_tokenizer, True, chat_template=False)
+
+
+def test_cli_names_the_prompt_sets_for_an_unknown_name(tiny_dirs, capsys) -> None:
+    from layerpolicy.cli.app import main
+
+    code = main(["entropy", "--model", str(tiny_dirs["qwen2"]), "--prompts", "math5000"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0
+    assert "unknown prompt set 'math5000'; named sets: builtin, deepmath, math500" in err
+
+
+def test_no_problem_text_ships_inside_the_package(shared_data: Path) -> None:
+    import layerpolicy
+
+    package = Path(layerpolicy.__file__).parent
+    assert [p for ext in (".parquet", ".jsonl", ".csv") for p in package.rglob(f"*{ext}")] == []
+    texts = [p for ext in (".py", ".json", ".txt", ".md") for p in package.rglob(f"*{ext}")]
+    sources = "\n".join(p.read_text(errors="replace") for p in texts)
+    for name in ("math500.parquet", "deepmath-5k.parquet"):
+        for item in load_prompts(shared_data / name, limit=20).items:
+            assert item.messages[-1]["content"] not in sources

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import typer
 import typer.core
-from layerpolicy.cli.app import _register, app
+from layerpolicy.cli.app import app
 
 README = Path(__file__).parent.parent / "README.md"
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
@@ -53,8 +53,6 @@ def parse(argv: list[str]) -> typer.Context:
     Raises typer.TyperException (click's usage errors) for unknown commands or options and bad
     values.
     """
-    if not app.registered_commands:
-        _register()
     command = typer.main.get_command(app)
     name, ctx = "layerpolicy", None
     while isinstance(command, typer.core.TyperGroup) and argv:

@@ -102,3 +102,16 @@ def test_math_reward(response: str, truth: str, reward: float) -> None:
 def test_answers_match_needs_a_prediction() -> None:
     assert not answers_match(None, "3")
     assert answers_match("3", "3")
+
+
+def test_the_trainer_reward_scores_text_and_chat_completions() -> None:
+    from layerpolicy.bupo.data import reward_function
+
+    reward = reward_function(math_reward)
+    completions = [[{"role": "assistant", "content": r"so \boxed{3}"}], "it is 5", r"\boxed{x=2}"]
+    assert reward(completions=completions, answer=["3", "4", "2"], prompt_id=["a", "b", "c"]) == [
+        1.0,
+        0.0,
+        1.0,
+    ]
+    assert reward.__name__ == "math_reward"  # TRL names the logged reward after it

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from layerpolicy.tables.stats import bootstrap_ci, profile, prompt_means, summarize
+from layerpolicy.tables.stats import bootstrap_ci, profile, prompt_means, summarise
 
 # Entropy (nats) per token and (site, layer) for a 2-layer model. p1 has two scored positions
 # (position 1 is the last: no target), p2 one. Halves and quarters keep every mean exact.
@@ -232,7 +232,7 @@ def means_table(values, n_tokens, metric="entropy", site="resid", layer=1) -> pd
 
 
 def test_summary_one_prompt_ci_collapses_to_mean():
-    summary = summarize(
+    summary = summarise(
         prompt_means(make_tokens()).query("prompt_id == 'p2'"), model="m", readout="raw"
     )
     assert (summary["ci_low"] == summary["mean"]).all()
@@ -242,7 +242,7 @@ def test_summary_one_prompt_ci_collapses_to_mean():
 
 
 def test_summary_known_data():
-    summary = summarize(means_table([1.0, 2.0, 3.0, 10.0], [1, 1, 1, 7]), model="m", readout="raw")
+    summary = summarise(means_table([1.0, 2.0, 3.0, 10.0], [1, 1, 1, 7]), model="m", readout="raw")
     assert list(summary.columns) == [
         "model",
         "readout",
@@ -268,7 +268,7 @@ def test_summary_known_data():
 
 
 def test_summary_from_hand_built_tokens():
-    summary = summarize(prompt_means(make_tokens()), model="m", readout="raw")
+    summary = summarise(prompt_means(make_tokens()), model="m", readout="raw")
     row = summary.query("site == 'mlp' and layer == 2 and metric == 'entropy_change'").iloc[0]
     assert row["mean"] == -0.75  # (-2.5 + 1) / 2
     assert row["pooled_mean"] == pytest.approx(-4.0 / 3.0)  # (-2 - 3 + 1) / 3 tokens
@@ -294,14 +294,14 @@ def test_summary_ci_equals_bootstrap_ci_of_its_row_and_is_seeded():
             means_table(values * 2, 1, metric="rms_norm"),
         ]
     )
-    summary = summarize(table, model="m", readout="raw", seed=7)
+    summary = summarise(table, model="m", readout="raw", seed=7)
     row = summary.query("metric == 'entropy'").iloc[0]
     assert (row["ci_low"], row["ci_high"]) == pytest.approx(bootstrap_ci(values, seed=7), rel=1e-12)
     doubled = summary.query("metric == 'rms_norm'").iloc[0]  # same draw for every row
     assert doubled["ci_low"] == pytest.approx(2 * row["ci_low"])
     assert doubled["ci_high"] == pytest.approx(2 * row["ci_high"])
-    pd.testing.assert_frame_equal(summary, summarize(table, model="m", readout="raw", seed=7))
-    other = summarize(table, model="m", readout="raw", seed=8)
+    pd.testing.assert_frame_equal(summary, summarise(table, model="m", readout="raw", seed=7))
+    other = summarise(table, model="m", readout="raw", seed=8)
     assert not np.allclose(other["ci_low"], summary["ci_low"])
 
 
@@ -312,7 +312,7 @@ def test_summary_row_missing_some_prompts():
             means_table([5.0, 7.0], [1, 3], metric="target_logprob"),
         ]
     )
-    row = summarize(table, model="m", readout="raw").query("metric == 'target_logprob'").iloc[0]
+    row = summarise(table, model="m", readout="raw").query("metric == 'target_logprob'").iloc[0]
     assert (row["n_prompts"], row["n_tokens"], row["mean"]) == (2, 4, 6.0)
     assert row["pooled_mean"] == 6.5
     assert 5.0 <= row["ci_low"] <= row["ci_high"] <= 7.0
@@ -320,11 +320,11 @@ def test_summary_row_missing_some_prompts():
 
 def test_profile_is_sorted_by_layer():
     table = pd.concat([means_table([float(layer)], [1], layer=layer) for layer in (3, 1, 2)])
-    series = profile(summarize(table, model="m", readout="raw"), "entropy", "resid")
+    series = profile(summarise(table, model="m", readout="raw"), "entropy", "resid")
     assert list(series.index) == [1, 2, 3]
     assert list(series) == [1.0, 2.0, 3.0]
     with pytest.raises(ValueError, match="no rows"):
-        profile(summarize(table, model="m", readout="raw"), "entropy", "mlp")
+        profile(summarise(table, model="m", readout="raw"), "entropy", "mlp")
 
 
 def test_prompt_means_speed_on_a_million_rows():

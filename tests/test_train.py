@@ -1,42 +1,34 @@
-"""BuPO training: objective by hand, gradient reach of the internal policy, phases, the loop
-end to end through the CLI, checkpoints, resume, and errors on bad input."""
+"""BuPO on TRL's GRPOTrainer: pi^k log-probs against the plain model, gradient reach, the phase
+switch per rollout buffer, resume, the dual-clip loss by hand, one precision for old and new
+log-probs, two processes, the CLI end to end, and errors on bad input."""
 
 from __future__ import annotations
 
 import json
-import math
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 from layerpolicy.cli.app import main
-from safetensors import safe_open
 
 from layerpolicy.bupo import TrainConfig, train
-from layerpolicy.bupo.checkpoint import load_trainer_state, save_checkpoint
-from layerpolicy.bupo.loop import (
-    boundary_layer_from,
-    policy_updates,
-    token_stats,
-    training_prompts,
-)
-from layerpolicy.bupo.objective import (
-    clipped_surrogate,
-    group_advantages,
-    policy_log_probs,
-    selective_log_softmax,
-)
-from layerpolicy.bupo.rollout import collect_rollouts, step_prompts
+from layerpolicy.bupo.config import grpo_arguments
+from layerpolicy.bupo.data import prepare, training_prompts
+from layerpolicy.bupo.layer import boundary_layer_from
+from layerpolicy.bupo.run import build_trainer
+from layerpolicy.bupo.trainer import STATE_FILE
 from layerpolicy.errors import LayerpolicyError, PromptSourceError, RunDirectoryError
-from layerpolicy.models import load_model
-from layerpolicy.models.plain import plain_view
-from layerpolicy.prompts import load_prompts
+from layerpolicy.readout.layer_policy import layer_token_stats
 from tests.reference import plain_model as reference_model
 
 DEEPMATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "deepmath-5k.parquet"
 FAST = dict(group_size=2, prompts_per_step=2, mini_batches=2, max_new_tokens=6, seed=0)
+K = 2
 
 
 @pytest.fixture(autouse=True)
@@ -53,182 +45,216 @@ def parity_reward(response: str, truth: str) -> float:
     return float(len(response) % 2)
 
 
-def fresh(tiny_dirs, arch: str = "qwen2"):
-    """A model of its own (training changes weights in place; fixtures are shared)."""
-    return load_model(str(tiny_dirs[arch]), device="cpu")
-
-
 def layer_index(name: str) -> int | None:
     match = re.search(r"layers\.(\d+)\.", name)
     return int(match.group(1)) if match else None
 
 
-# ----------------------------------------------------------------------------- objective
+def above_k(name: str) -> bool:
+    """Parameters pi^k must not reach: blocks above k (0-based index >= k) and the final norm."""
+    return (layer_index(name) or 0) >= K or name.startswith("model.norm.")
 
 
-def test_group_advantages_by_hand():
-    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0]])
-    advantages = group_advantages(rewards)
-    half = 0.5 / (math.sqrt(1 / 3) + 1e-6)  # mean 0.5, sample std sqrt(1/3)
-    quarter_std = math.sqrt(0.25)  # rewards 0,0,0,1: mean 0.25, sample std 0.5
-    expected = torch.tensor(
-        [
-            [half, -half, -half, half],
-            [0.0, 0.0, 0.0, 0.0],
-            [-0.25 / (quarter_std + 1e-6)] * 3 + [0.75 / (quarter_std + 1e-6)],
-        ]
+def make_trainer(tiny_dirs, tmp_path, arch="qwen2", dtype="float32", **settings):
+    config = TrainConfig(**{**FAST, "steps": 2, "inter_steps": 1, "layer": K, **settings})
+    setup = prepare(str(tiny_dirs[arch]), config, device="cpu", dtype=dtype)
+    prompts = training_prompts(None, 4, config.prompts_per_step)
+    return build_trainer(setup, prompts, config, tmp_path / "run", K, parity_reward)
+
+
+def batch(seed: int = 2, rows: int = 2, prompt: int = 4, completion: int = 5):
+    ids = torch.randint(
+        3, 300, (rows, prompt + completion), generator=torch.Generator().manual_seed(seed)
     )
-    torch.testing.assert_close(advantages, expected)
+    return ids, torch.ones_like(ids), completion
 
 
-def test_clipped_surrogate_with_dual_clip_by_hand():
-    ratios = torch.tensor([[1.5, 0.5, 1.5, 0.5, 20.0, 3.0]])
-    advantages = torch.tensor([[1.0, 1.0, -1.0, -1.0, -1.0, 1.0]])
-    mask = torch.tensor([[True, True, True, True, True, False]])
-    old = torch.zeros_like(ratios)
-    logp = ratios.log().requires_grad_()
-    result = clipped_surrogate(logp, old, advantages, mask, eps=0.2, dual_clip=10.0)
-    # per token: max(-A r, -A clip(r)) = -1.2 (clipped), -0.5, 1.5, 0.8 (clipped); then
-    # A < 0 and r = 20: max(20, 1.2) = 20, dual clip min(20, 10) = 10; the last is masked.
-    assert result.loss.item() == pytest.approx((-1.2 - 0.5 + 1.5 + 0.8 + 10.0) / 5)
-    assert result.clip_frac == pytest.approx(2 / 5)
-    assert result.dual_clip_frac == pytest.approx(1 / 5)
-    result.loss.backward()
-    # d/dlogp of -A r is -A r for unclipped tokens, 0 for clipped ones; token mean over 5
-    expected = torch.tensor([[0.0, -0.5 / 5, 1.5 / 5, 0.0, 0.0, 0.0]])
-    torch.testing.assert_close(logp.grad, expected)
+# ----------------------------------------------------------------------------- the readout
 
 
-def test_surrogate_takes_per_response_advantages():
-    logp = torch.tensor([[0.1, 0.2], [0.0, -0.1]])
-    mask = torch.ones_like(logp, dtype=torch.bool)
-    per_token = clipped_surrogate(logp, logp, torch.tensor([[2.0, 2.0], [-1.0, -1.0]]), mask)
-    per_row = clipped_surrogate(logp, logp, torch.tensor([2.0, -1.0]), mask)
-    assert per_row.loss.item() == pytest.approx(per_token.loss.item())
-    assert per_row.loss.item() == pytest.approx(-0.5)  # ratio 1: mean of -A
+def test_phase_one_log_probs_are_the_plain_models_layer_k_readout(tiny_dirs, tmp_path):
+    trainer = make_trainer(tiny_dirs, tmp_path)
+    ids, mask, keep = batch()
+    reference = reference_model(tiny_dirs["qwen2"])
+    with torch.no_grad():
+        out = reference(ids, output_hidden_states=True)
+        trainer.buffer_phase = "inter"
+        internal, entropy, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model, ids, mask, keep, compute_entropy=True
+        )
+        trainer.buffer_phase = "full"
+        full, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, keep)
+    targets = ids[:, -keep:, None]
+    raw = reference.lm_head(out.hidden_states[K])[:, -keep - 1 : -1].log_softmax(-1)
+    final = out.logits[:, -keep - 1 : -1].log_softmax(-1)
+    torch.testing.assert_close(internal, raw.gather(-1, targets)[..., 0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(full, final.gather(-1, targets)[..., 0], rtol=1e-5, atol=1e-5)
+    expected_entropy = -(raw.exp() * raw).sum(-1)  # a float32 sum over the vocabulary
+    torch.testing.assert_close(entropy, expected_entropy, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(internal, full)  # the two phases read different policies
 
 
-def test_selective_log_softmax_equals_log_softmax_in_value_and_gradient():
-    generator = torch.Generator().manual_seed(4)
-    weight = torch.randn(8, 30, generator=generator, requires_grad=True)
-    states = torch.randn(10, 8, generator=generator, requires_grad=True)
-    targets = torch.randint(0, 30, (10,), generator=generator)
-    chunked = selective_log_softmax(states, targets, lambda x: x @ weight, chunk=3)
-    plain = (states @ weight).log_softmax(-1).gather(-1, targets[:, None])[:, 0]
-    torch.testing.assert_close(chunked, plain)
-    got = torch.autograd.grad(chunked.sum(), (states, weight))
-    expected = torch.autograd.grad(plain.sum(), (states, weight))
-    torch.testing.assert_close(got, expected)
-
-
-# ----------------------------------------------------------------------------- gradient reach
+def test_layer_statistics_match_the_plain_model(tiny_dirs):
+    model = reference_model(tiny_dirs["llama"])
+    ids, mask, keep = batch(seed=4)
+    stats = layer_token_stats(model, ids, mask, K, keep, temperature=0.7)
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True)
+    final = (out.logits[:, -keep - 1 : -1] / 0.7).log_softmax(-1)
+    internal = (model.lm_head(out.hidden_states[K])[:, -keep - 1 : -1] / 0.7).log_softmax(-1)
+    expected = {
+        "entropy_final": -(final.exp() * final).sum(-1),
+        "entropy_layer": -(internal.exp() * internal).sum(-1),
+        "kl_layer_final": (final.exp() * (final - internal)).sum(-1),
+    }
+    for name, value in expected.items():
+        torch.testing.assert_close(stats[name], value, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])  # untied and tied embeddings
-def test_internal_policy_gradients_reach_only_layers_up_to_k(tiny_dirs, arch):
-    model = fresh(tiny_dirs, arch)
-    k = 2
-    ids = torch.randint(3, 300, (3, 12), generator=torch.Generator().manual_seed(0))
-    targets, mask = ids[:, 1:], torch.ones(3, 11, dtype=torch.bool)
-    mask[:, :4] = False
-    logp = policy_log_probs(model, ids, targets, mask, k)
-    (-(logp * torch.tensor([[1.0], [-0.5], [0.3]])).sum()).backward()
-    for name, param in model.hf_model.named_parameters():
-        index = layer_index(name)
-        grad = 0.0 if param.grad is None else param.grad.abs().sum().item()
-        if (index is not None and index >= k) or ".norm." in name:
-            assert grad == 0.0, f"{name} got a gradient through pi^{k}"
-        else:
-            assert grad > 0.0, f"{name} got no gradient through pi^{k}"  # lm_head included
+def test_phase_one_gradient_stops_at_layer_k_and_phase_two_reaches_everything(
+    tiny_dirs, tmp_path, arch
+):
+    trainer = make_trainer(tiny_dirs, tmp_path, arch)
+    model = trainer.model
+    ids, mask, keep = batch(seed=3, rows=3)
+    weights = torch.tensor([[1.0], [-0.5], [0.3]])
+    for phase in ("inter", "full"):
+        model.zero_grad(set_to_none=True)
+        trainer.buffer_phase = phase
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(model, ids, mask, keep)
+        (-(logps * weights).sum()).backward()
+        for name, param in model.named_parameters():
+            grad = 0.0 if param.grad is None else param.grad.abs().sum().item()
+            if phase == "inter" and above_k(name):
+                assert grad == 0.0, f"{name} got a gradient through pi^{K}"
+            else:
+                assert grad > 0.0, f"{name} got no gradient in phase {phase}"
 
 
-def test_full_policy_gradients_reach_every_layer(tiny_dirs):
-    model = fresh(tiny_dirs, "qwen3")
-    ids = torch.randint(3, 300, (2, 10), generator=torch.Generator().manual_seed(1))
-    mask = torch.ones(2, 9, dtype=torch.bool)
-    policy_log_probs(model, ids, ids[:, 1:], mask, None).sum().backward()
-    for name, param in model.hf_model.named_parameters():
-        assert param.grad is not None and param.grad.abs().sum() > 0, name
+def test_bfloat16_old_and_new_log_probs_agree_so_the_first_ratio_is_one(tiny_dirs, tmp_path):
+    trainer = make_trainer(tiny_dirs, tmp_path, dtype="bfloat16")
+    assert next(trainer.model.parameters()).dtype == torch.bfloat16
+    ids, mask, keep = batch(seed=5)
+    for phase in ("inter", "full"):
+        trainer.buffer_phase = phase
+        with torch.no_grad():  # how TRL computes old log-probs at generation
+            old, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, keep)
+        new, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, keep)
+        assert new.requires_grad
+        assert torch.equal(torch.exp(new.detach() - old), torch.ones_like(old)), phase
 
 
-def test_log_probs_match_the_plain_model(tiny_dirs):
-    model = fresh(tiny_dirs, "qwen2")
-    reference = reference_model(tiny_dirs["qwen2"])
-    ids = torch.randint(3, 300, (2, 9), generator=torch.Generator().manual_seed(2))
-    mask = torch.ones(2, 8, dtype=torch.bool)
+def test_dual_clip_loss_equals_a_hand_computation(tiny_dirs, tmp_path):
+    trainer = make_trainer(tiny_dirs, tmp_path, mini_batches=1, prompts_per_step=1)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    ids, attention, keep = batch(seed=6, rows=2, completion=3)
+    prompt, completion = ids[:, :-keep], ids[:, -keep:]
+    completion_mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    ratios = torch.tensor([[1.5, 0.5, 1.0], [1.5, 0.5, 20.0]])
+    trainer.buffer_phase = "inter"
     with torch.no_grad():
-        out = reference(ids, output_hidden_states=True)
-        full = policy_log_probs(model, ids, ids[:, 1:], mask, None)
-        internal = policy_log_probs(model, ids, ids[:, 1:], mask, 2)
-    expected_full = out.logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
-    raw = reference.lm_head(out.hidden_states[2])[:, :-1].log_softmax(-1)
-    torch.testing.assert_close(full, expected_full, atol=1e-5, rtol=0)
-    torch.testing.assert_close(
-        internal, raw.gather(-1, ids[:, 1:, None])[..., 0], atol=1e-5, rtol=0
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model, ids, attention, keep
+        )
+    inputs = {
+        "prompt_ids": prompt,
+        "prompt_mask": torch.ones_like(prompt),
+        "completion_ids": completion,
+        "completion_mask": completion_mask,
+        "advantages": torch.tensor([1.0, -1.0]),
+        "old_per_token_logps": logps - ratios.log(),
+        "num_items_in_batch": completion_mask.sum(),
+    }
+    loss = trainer._compute_loss(trainer.model, inputs)
+    # verl's dual clip, per token: l = max(-A r, -A clip(r, 0.8, 1.2)); for A < 0, min(l, -A c).
+    # A = +1: r 1.5 -> -1.2 (clipped), r 0.5 -> -0.5; A = -1: r 1.5 -> 1.5, r 0.5 -> 0.8
+    # (clipped), r 20 -> min(20, 10) = 10 (dual clip); token mean over the 5 response tokens.
+    assert loss.item() == pytest.approx((-1.2 - 0.5 + 1.5 + 0.8 + 10.0) / 5, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- phases
+
+
+def test_phase_switches_after_exactly_s_inter_rollouts_and_holds_per_buffer(tiny_dirs, tmp_path):
+    trainer = make_trainer(tiny_dirs, tmp_path, steps=3, inter_steps=2, num_iterations=2, lr=1e-2)
+    assert trainer.args.steps_per_generation == 2 and trainer.num_iterations == 2
+    calls = []
+    original = trainer._get_per_token_logps_and_entropies
+
+    def spy(model, *args, **kwargs):
+        calls.append((trainer.rollouts, trainer.buffer_phase, torch.is_grad_enabled()))
+        return original(model, *args, **kwargs)
+
+    trainer._get_per_token_logps_and_entropies = spy
+    params = dict(trainer.model.named_parameters())
+    start = {n: p.detach().clone() for n, p in params.items()}
+    seen = {}
+    trainer.step_log.on_step = lambda row: seen.update(
+        {row["step"]: {n: p.detach().clone() for n, p in params.items()}}
     )
+    trainer.train()
+    # per rollout: old log-probs once without gradients, then 2 mini-batches x 2 iterations,
+    # all on the readout of the rollout's phase
+    expected = [
+        (phase, grad) for phase in ("inter", "inter", "full") for grad in [False] + [True] * 4
+    ]
+    assert [(phase, grad) for _, phase, grad in calls] == expected
+    assert [row["phase"] for row in trainer.step_log.rows] == ["inter", "inter", "full"]
+    upper = [n for n in params if above_k(n)]
+    lower = [n for n in params if not above_k(n)]
+    for step, before in ((1, start), (2, seen[1])):
+        assert all(torch.equal(seen[step][n], start[n]) for n in upper)
+        assert all(not torch.equal(seen[step][n], before[n]) for n in lower)
+    assert all(not torch.equal(seen[3][n], seen[2][n]) for n in upper)
 
 
-# ----------------------------------------------------------------------------- the loop
+class Interrupted(Exception):
+    pass
 
 
-@pytest.mark.parametrize("layer", [2, None])
-def test_ratio_is_one_on_the_first_mini_batch(tiny_dirs, layer):
-    model = fresh(tiny_dirs, "llama")
-    config = TrainConfig(**FAST, lr=1e-2, inter_steps=1, steps=2)
-    items = step_prompts(load_prompts(None, limit=4).items, 1, 2, 0)
-    rollouts = collect_rollouts(
-        model,
-        plain_view(model.hf_model),
-        items,
-        step=1,
-        group_size=2,
-        max_new_tokens=6,
-        temperature=1.0,
-        seed=0,
-        reward_fn=parity_reward,
-    )
-    stats = token_stats(model, rollouts, 2, 2)
-    old = torch.zeros(rollouts.targets.shape)
-    old[rollouts.mask] = stats["logp_final" if layer is None else "logp_layer"]
-    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
-    optimizer = torch.optim.AdamW(model.hf_model.parameters(), lr=1e-2)
-    updates = policy_updates(model, optimizer, rollouts, old, advantages, layer, config, 1)
-    assert updates[0].ratio_dev < 1e-5
-    assert updates[1].ratio_dev > 1e-4  # the first update changed the policy
+def test_resume_in_the_middle_of_phase_one_continues_phase_one(tiny_dirs, tmp_path):
+    spec, out = str(tiny_dirs["qwen3"]), tmp_path / "run"
+    config = TrainConfig(**FAST, steps=3, inter_steps=2, layer=K, lr=1e-2, save_every=1)
+
+    def stop_at_two(row):
+        if row["step"] == 2:
+            raise Interrupted  # after rollout 2's updates, before its checkpoint
+
+    common = dict(out=out, config=config, limit=4, reward_fn=parity_reward, device="cpu")
+    with pytest.raises(Interrupted):
+        train(spec, None, on_step=stop_at_two, **common)
+    (checkpoint,) = (out / "checkpoints").glob("checkpoint-*")
+    assert json.loads((checkpoint / STATE_FILE).read_text())["rollouts"] == 1
+    upper_at_checkpoint = {
+        n: p for n, p in reference_model(checkpoint).named_parameters() if above_k(n)
+    }
+    rows = []
+    resumed = train(spec, None, resume=True, on_step=rows.append, **common)
+    assert [row["step"] for row in rows] == [2, 3]
+    assert [row["phase"] for row in rows] == ["inter", "full"]
+    assert list(resumed.log.phase) == ["inter", "inter", "full"] and list(resumed.log.step) == [
+        1,
+        2,
+        3,
+    ]
+    final = dict(reference_model(resumed.checkpoint).named_parameters())
+    assert any(not torch.equal(final[n], p) for n, p in upper_at_checkpoint.items())
 
 
-def test_phases_switch_after_inter_steps_and_upper_layers_wait(tiny_dirs, tmp_path):
-    model = fresh(tiny_dirs, "qwen2")
-    k, params = 2, dict(model.hf_model.named_parameters())
-    snapshots = [{n: p.detach().clone() for n, p in params.items()}]
-    config = TrainConfig(**FAST, steps=3, inter_steps=2, layer=k, lr=1e-2, save_every=5)
-    result = train(
-        model,
-        None,
-        out=tmp_path / "run",
-        config=config,
-        limit=4,
-        reward_fn=parity_reward,
-        on_step=lambda row: snapshots.append({n: p.detach().clone() for n, p in params.items()}),
-    )
-    assert list(result.log.phase) == ["inter", "inter", "full"]
-    assert [config.phase(s) for s in (1, 2, 3)] == ["inter", "inter", "full"]
-    upper = [n for n in params if (layer_index(n) or 0) >= k or ".norm." in n]
-    lower = [n for n in params if n not in upper]
-    for step in (1, 2):  # inter: only layers <= k and the (tied) embeddings move
-        assert all(torch.equal(snapshots[step][n], snapshots[0][n]) for n in upper)
-        assert all(not torch.equal(snapshots[step][n], snapshots[step - 1][n]) for n in lower)
-    assert all(not torch.equal(snapshots[3][n], snapshots[2][n]) for n in upper)
+# ----------------------------------------------------------------------------- end to end
 
 
-def test_train_cli_end_to_end_with_analysis(tiny_dirs, tmp_path, capsys):
+def test_train_cli_end_to_end_with_analysis_and_hf_checkpoints(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(
         [
             "train", "--model", str(tiny_dirs["qwen3"]), "--limit", "4", "--steps", "2",
-            "--inter-steps", "1", "--group-size", "2", "--prompts-per-step", "2",
-            "--mini-batches", "2", "--max-new-tokens", "6", "--analyse",
-            "--analysis-prompts", "2", "--out", str(out),
+            "--inter-steps", "1", "--layer", "2", "--group-size", "2", "--prompts-per-step", "2",
+            "--mini-batches", "2", "--max-new-tokens", "6", "--analyse", "--analysis-prompts",
+            "2", "--device", "cpu", "--lr", "0.01", "--grpo", "max_grad_norm=0.5",
+            "--out", str(out),
         ]
     )  # fmt: skip
     captured = capsys.readouterr()
@@ -236,77 +262,76 @@ def test_train_cli_end_to_end_with_analysis(tiny_dirs, tmp_path, capsys):
     log = pd.read_csv(out / "train_log.csv")
     assert list(log.step) == [1, 2] and list(log.phase) == ["inter", "full"]
     assert pd.read_parquet(out / "train_log.parquet").shape == log.shape
-    for column in ("reward_mean", "groups_active", "entropy_final", "entropy_layer_k"):
-        assert log[column].notna().all()
-    assert (log.kl_layer_k_final >= 0).all()
+    for column in ("reward_mean", "groups_active", "entropy_final", "entropy_layer_k", "loss",
+                   "clip_frac", "grad_norm", "response_len", "seconds"):  # fmt: skip
+        assert log[column].notna().all(), column
+    assert (log.kl_layer_k_final >= 0).all() and (log.seconds > 0).all()
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "complete" and record["method"] == "BuPO"
-    assert record["layer"]["requested"] == "auto" and record["layer"]["reason"]
-    assert 1 <= record["layer"]["k"] < 4
+    assert record["layer"] == {"k": 2, "requested": 2, "reason": "given: --layer 2"}
+    assert record["settings"]["grpo"] == {"max_grad_norm": 0.5}
     for side in ("before", "after"):
         assert json.loads((out / side / "run.json").read_text())["status"] == "complete"
     for name in ("training_log", "entropy_difference"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 0
-    assert (out / "checkpoints" / "step-000002" / "model.safetensors").is_file()
-    assert "KL(pi||k)" in captured.out and f"layer k = {record['layer']['k']}" in captured.out
-
-
-def test_plain_view_shares_weights_and_generates_like_the_uncached_model(tiny_dirs):
-    model = fresh(tiny_dirs, "qwen2")
-    plain = plain_view(model.hf_model)
-    shared = {id(p) for p in model.hf_model.parameters()}
-    assert all(id(p) in shared for p in plain.parameters())
-    ids = torch.tensor([[5, 17, 33, 80, 120, 7]])
+    ids = torch.randint(3, 300, (1, 8), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
-        torch.testing.assert_close(plain(ids).logits, model.hf_model(ids).logits)
-        cached = plain.generate(ids, do_sample=False, max_new_tokens=8, use_cache=True)
-        uncached = model.hf_model.generate(ids, do_sample=False, max_new_tokens=8, use_cache=False)
-    assert cached.tolist() == uncached.tolist()
+        final = reference_model(out / "model")(ids).logits
+        last = reference_model(out / "checkpoints" / "checkpoint-4")(ids).logits
+        start = reference_model(tiny_dirs["qwen3"])(ids).logits
+    torch.testing.assert_close(final, last, rtol=0, atol=0)
+    assert not torch.equal(final, start)
+    assert "KL(pi||k)" in captured.out and "layer k = 2" in captured.out
 
 
-def test_checkpoint_round_trip_gives_identical_logits(tiny_dirs, tmp_path):
-    model = fresh(tiny_dirs, "llama")  # tied embeddings
-    with torch.no_grad():
-        for param in model.hf_model.parameters():
-            param.add_(0.01 * torch.randn_like(param))
-    directory = save_checkpoint(tmp_path, 7, plain_view(model.hf_model), model.tokenizer, {})
-    ids = torch.randint(3, 300, (2, 10), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        expected = model.hf_model(ids).logits
-        reloaded = reference_model(directory)(ids).logits
-        via_bridge = load_model(str(directory), device="cpu").bridge(ids)
-    torch.testing.assert_close(reloaded, expected, rtol=0, atol=0)
-    torch.testing.assert_close(via_bridge, expected, rtol=0, atol=0)
-    with safe_open(str(directory / "model.safetensors"), "pt") as saved:
-        keys = set(saved.keys())
-    with safe_open(str(tiny_dirs["llama"] / "model.safetensors"), "pt") as original:
-        assert keys == set(original.keys())
-    assert load_trainer_state(directory)["step"] == 7
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
-def test_resume_continues_at_the_right_step_and_reproduces_the_log(tiny_dirs, tmp_path):
-    config = dict(**FAST, inter_steps=1, layer=2, lr=1e-2, save_every=1)
+def _artifacts(run: Path) -> set[str]:
+    """Files of a run; the Trainer's RNG state files (one per process) count as one."""
+    return {
+        re.sub(r"rng_state(_\d+)?\.pth$", "rng_state*.pth", str(p.relative_to(run)))
+        for p in run.rglob("*")
+        if p.is_file() and p.name not in {".lock", "README.md"}
+    }
 
-    def run(out: str, steps: int, **extra):
-        return train(
-            str(tiny_dirs["qwen3"]),
-            None,
-            out=tmp_path / out,
-            config=TrainConfig(steps=steps, **config),
-            limit=4,
-            reward_fn=parity_reward,
-            device="cpu",
-            **extra,
-        )
 
-    whole = run("whole", 2)
-    run("split", 1)
-    steps_seen = []
-    resumed = run("split", 2, resume=True, on_step=lambda row: steps_seen.append(row["step"]))
-    assert steps_seen == [2]  # the step after the checkpoint, across the phase switch
-    assert load_trainer_state(resumed.checkpoint)["step"] == 2
-    columns = [c for c in whole.log.columns if c != "seconds"]
-    pd.testing.assert_frame_equal(resumed.log[columns], whole.log[columns])
+def test_two_processes_finish_and_write_the_same_artifacts_as_one(tiny_dirs, tmp_path):
+    args = [
+        "train", "--model", str(tiny_dirs["qwen2"]), "--limit", "4", "--steps", "2",
+        "--inter-steps", "1", "--layer", "2", "--group-size", "2", "--prompts-per-step", "2",
+        "--mini-batches", "1", "--max-new-tokens", "4", "--device", "cpu",
+    ]  # fmt: skip
+    script = str(Path(sys.executable).parent / "layerpolicy")  # the console script
+    entry = [sys.executable, script]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    single = subprocess.run(
+        [*entry, *args, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True
+    )
+    assert single.returncode == 0, single.stderr[-2000:]
+    # torch's launcher (accelerate's --multi_gpu) starts the 2 processes; --device cpu makes
+    # them a gloo (MULTI_CPU) group. accelerate's --cpu alone starts 1 process without mpirun.
+    port = str(_free_port())
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+              "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no", "--main_process_port", port, script]  # fmt: skip
+    double = subprocess.run(
+        [*launch, *args, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True
+    )
+    assert double.returncode == 0, double.stderr[-3000:]
+    files = _artifacts(tmp_path / "one")
+    assert {"run.json", "train_log.parquet", "model/model.safetensors"} <= files
+    assert _artifacts(tmp_path / "two") == files
+    one = pd.read_parquet(tmp_path / "one" / "train_log.parquet")
+    two = pd.read_parquet(tmp_path / "two" / "train_log.parquet")
+    assert list(two.columns) == list(one.columns) and list(two.phase) == ["inter", "full"]
+    record = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert record["status"] == "complete" and record["world_size"] == 2
 
 
 # ----------------------------------------------------------------------------- layer choice
@@ -316,8 +341,7 @@ def _summary(dh_mlp: list[float]) -> pd.DataFrame:
     """A minimal summary table with resid entropy and tight-CI module entropy changes."""
     n_layers, rows = len(dh_mlp), []
     for layer in range(n_layers + 1):
-        site = "embed" if layer == 0 else "resid"
-        rows.append((site, layer, "entropy", 10.0 - layer))
+        rows.append(("embed" if layer == 0 else "resid", layer, "entropy", 10.0 - layer))
     for layer, dh in enumerate(dh_mlp, start=1):
         rows += [("mlp", layer, "entropy_change", dh), ("attn", layer, "entropy_change", 0.0)]
     frame = pd.DataFrame(rows, columns=["site", "layer", "metric", "mean"])
@@ -326,14 +350,25 @@ def _summary(dh_mlp: list[float]) -> pd.DataFrame:
     return frame
 
 
-def test_boundary_layer_rule_and_its_fallback():
+def test_boundary_layer_rule_and_the_model_without_exploration():
     k, reason = boundary_layer_from(_summary([2.0, 2.0, 0.0, -2.0, -2.0, 0.0]), 6)
     assert k == 2 and "E1-2" in reason and reason.startswith("boundary layer")
-    k, reason = boundary_layer_from(_summary([-2.0, 1.0, 0.0, 3.0, -2.0, 5.0]), 6)
-    assert k == 4 and reason.startswith("fallback") and "C1" in reason
+    with pytest.raises(LayerpolicyError, match=r"no exploration region.*--layer N \(1\.\.5\)"):
+        boundary_layer_from(_summary([-2.0, -2.0, 0.0, -2.0, -2.0, 0.0]), 6)
 
 
 # ----------------------------------------------------------------------------- errors
+
+
+def one_line_error(capsys, argv: list[str], expected: str, *, after_work: bool = False) -> None:
+    """Exit code 2 and the error as one line (the only stderr line, unless `after_work`: then
+    the last one, after the progress output of the work done first)."""
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    lines = err.splitlines()
+    assert "Traceback" not in err and lines[-1].startswith("error:"), err
+    assert expected in lines[-1] and (after_work or len(lines) == 1), err
 
 
 @pytest.mark.skipif(not DEEPMATH.is_file(), reason="shared data not present")
@@ -343,40 +378,60 @@ def test_the_bupo_parquet_layout_gives_prompts_with_answers():
     assert all(item.messages and item.answer for item in prompts.items)
 
 
-def test_prompts_without_answers_are_a_one_line_error(tiny_dirs, tmp_path, capsys):
-    path = tmp_path / "no-answers.jsonl"
-    path.write_text('{"prompt": "What is 1 + 1?"}\n{"prompt": "What is 2 + 2?"}\n')
-    with pytest.raises(PromptSourceError, match="no answer"):
-        train(str(tiny_dirs["qwen2"]), str(path), out=tmp_path / "run")
-    code = main(["train", "--model", str(tiny_dirs["qwen2"]), "--prompts", str(path),
-                 "--out", str(tmp_path / "cli")])  # fmt: skip
-    err = capsys.readouterr().err
-    assert code == 2 and "no answer" in err and len(err.strip().splitlines()) == 1
-    code = main(["train", "--model", str(tiny_dirs["qwen2"]), "--prompts", str(tmp_path / "x.csv"),
-                 "--out", str(tmp_path / "cli")])  # fmt: skip
-    assert code == 2 and "not found" in capsys.readouterr().err
-
-
-def test_bad_settings_and_runs_are_clear_errors(tiny_dirs, tmp_path):
+def test_bad_input_is_one_line_each(tiny_dirs, tmp_path, capsys, monkeypatch):
     spec = str(tiny_dirs["qwen2"])
-    with pytest.raises(LayerpolicyError, match="inter_steps"):
-        TrainConfig(steps=3, inter_steps=5)
+    flags = [part for k, v in FAST.items() for part in (f"--{k.replace('_', '-')}", str(v))]
+    base = ["train", "--model", spec, "--limit", "4", "--device", "cpu", *flags]
+    out = ["--out", str(tmp_path / "run")]
+    one_line_error(
+        capsys, [*base, "--layer", "4", "--steps", "1", *out], "--layer must lie in 1..3"
+    )
+    one_line_error(capsys, [*base, "--steps", "2", "--inter-steps", "3", *out], "inter_steps")
+    one_line_error(capsys, [*base, "--beta", "0.1", "--inter-steps", "1", *out], "beta")
+    one_line_error(capsys, [*base, "--group-size", "1", *out], "group_size must be at least 2")
+    (tmp_path / "file").write_text("x")
+    one_line_error(capsys, [*base, "--out", str(tmp_path / "file")], "is a file")
+    one_line_error(capsys, [*base, "--grpo", "no_such_field=1", *out], "no_such_field")
+    one_line_error(capsys, [*base, "--preset", "nope", *out], "unknown preset")
+    if not _installed("vllm"):
+        one_line_error(capsys, [*base, "--use-vllm", *out], "needs vLLM")
+    answers = tmp_path / "no-answers.jsonl"
+    answers.write_text('{"prompt": "What is 1 + 1?"}\n{"prompt": "What is 2 + 2?"}\n')
+    one_line_error(capsys, [*base, "--prompts", str(answers), *out], "no answer")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    one_line_error(capsys, [*base, "--steps", "1", *out], "3 processes")
+    assert not (tmp_path / "run").exists()  # every check came before any work
     with pytest.raises(LayerpolicyError, match="group_size"):
         TrainConfig(group_size=1)
-    with pytest.raises(LayerpolicyError, match=r"--layer must lie in 1\.\.3"):
-        train(spec, None, out=tmp_path / "a", config=TrainConfig(**FAST, steps=1, layer=4))
+    with pytest.raises(PromptSourceError, match="cannot fill a step of 5"):
+        training_prompts(None, 4, 5)
+    with pytest.raises(LayerpolicyError, match="do not divide"):
+        grpo_arguments(TrainConfig(**FAST), "x", world_size=3)
+
+
+def test_auto_layer_without_exploration_region_asks_for_a_layer(tiny_dirs, tmp_path, capsys):
+    argv = ["train", "--model", str(tiny_dirs["qwen2"]), "--limit", "4", "--steps", "1",
+            "--analysis-prompts", "2", "--max-new-tokens", "4", "--group-size", "2",
+            "--prompts-per-step", "2", "--mini-batches", "1", "--device", "cpu",
+            "--out", str(tmp_path / "run")]  # fmt: skip
+    expected = "no boundary layer k; choose the trained layer with --layer N (1..3)"
+    one_line_error(capsys, argv, expected, after_work=True)
+
+
+def test_runs_are_not_overwritten_and_resume_checks_settings(tiny_dirs, tmp_path):
+    spec = str(tiny_dirs["qwen2"])
     with pytest.raises(RunDirectoryError, match="no training run to resume"):
-        train(spec, None, out=tmp_path / "b", resume=True)
+        train(spec, None, out=tmp_path / "b", resume=True, limit=4)
     config = TrainConfig(**FAST, steps=1, inter_steps=0, layer=1)
-    train(spec, None, out=tmp_path / "c", config=config, limit=2)
+    train(spec, None, out=tmp_path / "c", config=config, limit=2, device="cpu")
     with pytest.raises(RunDirectoryError, match="already holds a training run"):
         train(spec, None, out=tmp_path / "c", config=config, limit=2)
     with pytest.raises(RunDirectoryError, match="other settings"):
-        train(
-            spec,
-            None,
-            out=tmp_path / "c",
-            limit=2,
-            resume=True,
-            config=TrainConfig(**{**FAST, "seed": 1}, steps=1, inter_steps=0, layer=1),
-        )
+        train(spec, None, out=tmp_path / "c", limit=2, resume=True, config=config.replace(seed=1))
+
+
+def _installed(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None

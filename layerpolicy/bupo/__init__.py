@@ -2,13 +2,15 @@
 
     from layerpolicy.bupo import TrainConfig, train
     result = train("smollm2-135m-instruct", None, out="runs/bupo", config=TrainConfig(steps=20))
-    result.log       # one row per step: reward, entropies of pi_theta and pi^k, KL, loss, ...
+    result.log       # one row per rollout: reward, entropies of pi_theta and pi^k, KL, loss, ...
     result.layer     # the trained layer k (1-based) and result.layer_reason, why it was chosen
 
-See METHOD.md section 4 and `layerpolicy.bupo.loop` for the algorithm.
+Training runs on TRL's GRPOTrainer (`layerpolicy.bupo.trainer.BupoTrainer`); see
+docs/method.md section 4 for the algorithm and docs/training.md for settings and launching.
 """
 
-from .loop import TrainConfig, TrainResult, train
+from .config import PRESETS, TrainConfig, preset
 from .reward import RewardFn, math_reward
+from .run import TrainResult, train
 
-__all__ = ["RewardFn", "TrainConfig", "TrainResult", "math_reward", "train"]
+__all__ = ["PRESETS", "RewardFn", "TrainConfig", "TrainResult", "math_reward", "preset", "train"]

@@ -2,14 +2,12 @@
 
 transformers dequantises a GGUF file on every load (30-90 s); converting once and loading the
 safetensors directory afterwards takes 2-4 s. Conversions are written into a temporary sibling
-directory, renamed into place, and only then marked complete, so an interrupted conversion is
-never mistaken for a finished one.
+directory, renamed into place, and only then marked complete (see `cache`). The marker records
+the file's quantisation (its GGUF `general.file_type`), since the float32 weights no longer show it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -18,7 +16,6 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
-from filelock import FileLock
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -30,9 +27,15 @@ from rich.progress import (
 )
 
 from layerpolicy.errors import LayerpolicyError
-
-COMPLETE_MARKER = ".layerpolicy-complete"
-_CHUNK = 1 << 20
+from layerpolicy.models.cache import (
+    apply_umask,
+    cache_root,
+    dir_lock,
+    is_complete,
+    read_marker,
+    sha256_file,
+    write_marker,
+)
 
 
 def make_progress(enabled: bool) -> Progress:
@@ -48,26 +51,21 @@ def make_progress(enabled: bool) -> Progress:
     )
 
 
-def is_converted(directory: Path) -> bool:
-    """Whether `directory` holds a finished conversion (its completion marker exists)."""
-    return (directory / COMPLETE_MARKER).is_file()
+def gguf_file_type(gguf_path: Path) -> str | None:
+    """The quantisation a GGUF file records (`general.file_type`, e.g. "Q4_1"), None if absent."""
+    import gguf
+
+    try:
+        field = gguf.GGUFReader(gguf_path).get_field("general.file_type")
+        code = int(field.parts[-1][0]) if field is not None else None
+        return None if code is None else gguf.LlamaFileType(code).name.removeprefix("MOSTLY_")
+    except (ValueError, OSError, IndexError, KeyError):  # not a (readable) GGUF file
+        return None
 
 
-@contextmanager
-def dir_lock(directory: Path) -> Iterator[None]:
-    """Hold an inter-process lock for writing `directory` (a lock file beside it)."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(directory.parent / f".{directory.name}.lock")):
-        yield
-
-
-def sha256_file(path: Path) -> str:
-    """The hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+def converted_quantisation(directory: Path) -> str | None:
+    """The quantisation recorded when `directory` was converted, None if not recorded."""
+    return read_marker(directory).get("file_type")
 
 
 def convert_gguf(
@@ -88,7 +86,7 @@ def convert_gguf(
         _convert_into(
             gguf_path, tmp, progress=progress, require_chat_template=require_chat_template
         )
-        _apply_umask(tmp)
+        apply_umask(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -104,16 +102,14 @@ def converted_gguf_dir(gguf_path: Path, *, progress: bool = True) -> Path:
     Cached under `cache_root()/"gguf-converted"/<first 16 hex of the file's sha256>`, so the
     same file is converted once whatever its name or location.
     """
-    from layerpolicy.models.packaged import cache_root  # packaged imports this module
-
     path = Path(gguf_path).expanduser()
     if not path.is_file():
         raise LayerpolicyError(f"GGUF file not found: {path}; check the path")
     out_dir = cache_root() / "gguf-converted" / sha256_file(path)[:16]
-    if is_converted(out_dir):
+    if is_complete(out_dir):
         return out_dir
     with dir_lock(out_dir):
-        if not is_converted(out_dir):
+        if not is_complete(out_dir):
             convert_gguf(path, out_dir, progress=progress)
     return out_dir
 
@@ -169,21 +165,13 @@ def _first_line(error: BaseException) -> str:
     return (lines or [type(error).__name__])[0].rstrip(".")
 
 
-def _apply_umask(directory: Path) -> None:
-    """Give `directory` and its files umask modes (mkdtemp and safetensors make them private)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    directory.chmod(0o777 & ~umask)
-    for path in directory.iterdir():
-        path.chmod(0o666 & ~umask)
-
-
 def _write_marker(out_dir: Path, gguf_path: Path) -> None:
-    """Mark `out_dir` complete; written last, so its presence means the directory is whole."""
+    """Mark `out_dir` complete, recording the source file, its quantisation and transformers."""
     import transformers
 
     info = {"source": gguf_path.name, "transformers": transformers.__version__}
-    (out_dir / COMPLETE_MARKER).write_text(json.dumps(info) + "\n")
+    info["file_type"] = gguf_file_type(gguf_path)
+    write_marker(out_dir, info)
 
 
 @contextmanager

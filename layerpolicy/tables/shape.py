@@ -11,14 +11,24 @@ equals first value minus last value).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from layerpolicy.tables.stats import ENTROPY_CHANGE, profile
+from layerpolicy.errors import LayerpolicyError
+from layerpolicy.tables.schema import ENTROPY_CHANGE, SHAPE_COLUMNS
+from layerpolicy.tables.stats import profile
 
 REGION_KINDS = ("exploration", "integration", "convergence")
+TAU_SCALE = 0.15  # integration band: this share of `change_scale` (docs/shape.md says why)
+SCALE_QUANTILE = 0.9
+MIN_LENGTH = 2  # shorter inner regions between two of one kind take their kind
+
+
+class NoBoundaryLayerError(LayerpolicyError):
+    """The dH_mlp regions give no boundary layer k; the user has to choose the layer."""
 
 
 @dataclass(frozen=True)
@@ -77,9 +87,23 @@ def largest_drop_share(entropy: pd.Series) -> float:
     return _share(drops.max(), drops)
 
 
-def default_tau(dh_mean: pd.Series, tau_scale: float = 0.1) -> float:
-    """Default integration band (nats): tau_scale * max over layers of |mean dH|."""
-    return float(tau_scale * dh_mean.abs().max())
+def default_tau(dh_mean: pd.Series, tau_scale: float = TAU_SCALE) -> float:
+    """Default integration band (nats): tau_scale * `change_scale(dh_mean)`."""
+    return float(tau_scale * change_scale(dh_mean))
+
+
+def change_scale(dh_mean: pd.Series) -> float:
+    """The size of a large per-layer change (nats): the 90th percentile of |mean dH|.
+
+    Taken as one layer's own value (the lower order statistic), so with two or more layers the
+    single largest |dH| never sets it (from 12 layers on, neither do the two largest). NaN
+    layers are left out; 0.0 when no layer has a value.
+    """
+    values = np.abs(dh_mean.to_numpy(np.float64))
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0
+    return float(np.quantile(values, SCALE_QUANTILE, method="lower"))
 
 
 def eic_regions(
@@ -87,45 +111,73 @@ def eic_regions(
     ci_low: pd.Series,
     ci_high: pd.Series,
     tau: float | None = None,
-    tau_scale: float = 0.1,
-    min_length: int = 1,
+    tau_scale: float = TAU_SCALE,
+    min_length: int = MIN_LENGTH,
 ) -> list[Region]:
     """Exploration / integration / convergence regions of a per-layer entropy change dH (nats).
 
     Layer l is exploration if mean > tau and ci_low > 0, convergence if mean < -tau and
     ci_high < 0, otherwise integration (NaN counts as integration). tau defaults to
-    `default_tau(dh_mean, tau_scale)`. Exploration/convergence runs shorter than `min_length`
-    layers are relabelled integration; consecutive layers of one kind form one region.
-    The three series share one index of consecutive integer layers.
+    `default_tau(dh_mean, tau_scale)`. Consecutive layers of one kind form one region; then a
+    region shorter than `min_length` layers whose two neighbours are of one kind takes their
+    kind (shortest first, then leftmost), so one stray layer neither splits a run nor makes a
+    region of its own. Regions at either end are kept as they are. The three series share one
+    index of consecutive integer layers.
     """
     layers = _consecutive_layers(dh_mean, ci_low, ci_high)
     if tau is None:
         tau = default_tau(dh_mean, tau_scale)
     if tau < 0:
         raise ValueError(f"tau must be >= 0, got {tau}")
+    if min_length < 1:
+        raise ValueError(f"min_length must be >= 1, got {min_length}")
     mean, low, high = (s.reindex(layers).to_numpy(np.float64) for s in (dh_mean, ci_low, ci_high))
     kinds = np.full(len(layers), "integration", dtype=object)
     kinds[(mean > tau) & (low > 0)] = "exploration"
     kinds[(mean < -tau) & (high < 0)] = "convergence"
-    regions = _runs(layers, kinds)
-    short = [r for r in regions if r.kind != "integration" and r.end - r.start + 1 < min_length]
-    for region in short:
-        kinds[(layers >= region.start) & (layers <= region.end)] = "integration"
-    return _runs(layers, kinds) if short else regions
+    return _absorb_short(_runs(layers, kinds), min_length)
 
 
-def boundary_layer(regions: list[Region]) -> int | None:
+def module_regions(summary: pd.DataFrame, site: str = "mlp") -> list[Region]:
+    """EIC regions (default rule) of a module's entropy change in one model's summary table.
+
+    `summary`: the summary.csv layout of one model and readout; ValueError when it has no
+    `entropy_change` rows at `site`.
+    """
+    mean, low, high = (
+        profile(summary, ENTROPY_CHANGE, site, v) for v in ("mean", "ci_low", "ci_high")
+    )
+    return eic_regions(mean, low, high)
+
+
+def boundary_layer(regions: Sequence[Region], *, n_layers: int | None = None) -> int:
     """BuPO's boundary layer k (1-based): the last layer of the leading exploration region.
 
-    Leading integration regions are skipped (the first exploration region counts); None when a
-    convergence region comes before any exploration region, or there is no exploration region.
+    `regions`: the EIC regions of dH_mlp. Leading integration regions are skipped (the first
+    exploration region counts). Raises `NoBoundaryLayerError` (one line naming the regions and
+    asking for --layer N) when a convergence region comes before any exploration region or
+    there is no exploration region; with `n_layers` (L), also when that region reaches layer L,
+    whose readout is pi_theta without its final norm rather than an internal layer.
     """
+    listing = format_regions(regions) or "none"
+    choose = "choose the trained layer with --layer N"
+    if n_layers is not None:
+        choose += f" (1..{n_layers - 1})"
     for region in regions:
-        if region.kind == "exploration":
-            return region.end
         if region.kind == "convergence":
-            return None
-    return None
+            break
+        if region.kind != "exploration":
+            continue
+        if n_layers is not None and region.end >= n_layers:
+            raise NoBoundaryLayerError(
+                f"the first exploration region of dH_mlp reaches the last layer {n_layers} "
+                f"(regions {listing}), so there is no internal boundary layer k; {choose}"
+            )
+        return region.end
+    raise NoBoundaryLayerError(
+        f"dH_mlp has no exploration region before convergence (regions {listing}), so there is "
+        f"no boundary layer k; {choose}"
+    )
 
 
 def format_regions(regions: list[Region]) -> str:
@@ -137,9 +189,9 @@ def shape_statistics(summary: pd.DataFrame, *, resid_site: str = "resid") -> dic
     """Shape statistics of one model's summary table (summary.csv layout, one model/readout).
 
     Entropy shape (on the `mean` entropy of `resid_site`, with `embed` at layer 0 when present):
-    n_layers, final_entropy (profile's last layer, nats), policy_entropy (site `final`, i.e.
-    pi_theta), convergence_depth, abruptness, largest_drop_share. Module shape (on
-    `entropy_change` of mlp and attn): eic_mlp / eic_attn region strings,
+    n_layers, policy_entropy (site `final`, i.e. pi_theta), last_layer_entropy (the profile's
+    value at layer L: the readout of H^L, which is not pi_theta), convergence_depth, abruptness,
+    largest_drop_share. Module shape (on `entropy_change` of mlp and attn): eic_mlp / eic_attn,
     tau_mlp / tau_attn (nats), mean_abs_dh_mlp / mean_abs_dh_attn (mean over layers of |mean dH|,
     nats), boundary_layer (1-based, from the mlp regions) and boundary_layer_index (k - 1).
     Plain Python values (JSON-ready); None where a value is undefined or its site is absent.
@@ -153,8 +205,8 @@ def shape_statistics(summary: pd.DataFrame, *, resid_site: str = "resid") -> dic
     final = summary[(summary["site"] == "final") & (summary["metric"] == "entropy")]["mean"]
     stats: dict[str, object] = {
         "n_layers": int(n_layers[0]),
-        "final_entropy": float(entropy.iloc[-1]),
         "policy_entropy": float(final.iloc[0]) if len(final) else math.nan,
+        "last_layer_entropy": float(entropy.iloc[-1]),
         "convergence_depth": convergence_depth(entropy),
         "abruptness": abruptness(entropy),
         "largest_drop_share": largest_drop_share(entropy),
@@ -163,10 +215,10 @@ def shape_statistics(summary: pd.DataFrame, *, resid_site: str = "resid") -> dic
     for site in ("mlp", "attn"):
         regions[site], module_stats = _module_statistics(summary, site)
         stats.update(module_stats)
-    k = boundary_layer(regions["mlp"]) if regions["mlp"] is not None else None
+    k = _boundary_or_none(regions["mlp"])
     stats["boundary_layer"] = k
     stats["boundary_layer_index"] = None if k is None else k - 1
-    return {key: None if _is_nan(value) else value for key, value in stats.items()}
+    return {key: None if _is_nan(stats[key]) else stats[key] for key in SHAPE_COLUMNS}
 
 
 def _module_statistics(
@@ -177,16 +229,23 @@ def _module_statistics(
     if not rows.any():
         empty = {f"eic_{site}": None, f"tau_{site}": math.nan, f"mean_abs_dh_{site}": math.nan}
         return None, empty
-    mean, low, high = (
-        profile(summary, ENTROPY_CHANGE, site, v) for v in ("mean", "ci_low", "ci_high")
-    )
-    tau = default_tau(mean)
-    regions = eic_regions(mean, low, high, tau=tau)
+    mean = profile(summary, ENTROPY_CHANGE, site)
+    regions = module_regions(summary, site)
     return regions, {
         f"eic_{site}": format_regions(regions),
-        f"tau_{site}": tau,
+        f"tau_{site}": default_tau(mean),
         f"mean_abs_dh_{site}": float(mean.abs().mean()),
     }
+
+
+def _boundary_or_none(regions: list[Region] | None) -> int | None:
+    """`boundary_layer(regions)`, or None where there is none (tables state it, never raise)."""
+    if regions is None:
+        return None
+    try:
+        return boundary_layer(regions)
+    except NoBoundaryLayerError:
+        return None
 
 
 def _profile(entropy: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -225,6 +284,26 @@ def _consecutive_layers(*series: pd.Series) -> np.ndarray:
     if len(values) == 0 or np.any(np.diff(values) != 1):
         raise ValueError(f"layers must be consecutive integers, got {list(values)}")
     return values
+
+
+def _absorb_short(regions: list[Region], min_length: int) -> list[Region]:
+    """Merge each inner region shorter than `min_length` into equal-kind neighbours (see eic)."""
+    regions = list(regions)
+    while True:
+        short = [
+            i
+            for i in range(1, len(regions) - 1)
+            if _length(regions[i]) < min_length and regions[i - 1].kind == regions[i + 1].kind
+        ]
+        if not short:
+            return regions
+        i = min(short, key=lambda j: (_length(regions[j]), j))
+        merged = Region(regions[i - 1].kind, regions[i - 1].start, regions[i + 1].end)
+        regions[i - 1 : i + 2] = [merged]
+
+
+def _length(region: Region) -> int:
+    return region.end - region.start + 1
 
 
 def _runs(layers: np.ndarray, kinds: np.ndarray) -> list[Region]:

@@ -8,27 +8,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-METRICS = ("entropy", "kl_to_final", "target_logprob", "target_rank", "top1_agree", "rms_norm")
-ENTROPY_CHANGE = "entropy_change"
-# Entropy change of a module = H(output site) - H(input site), same layer (METHOD.md section 2).
-MODULE_INPUTS = {"attn": "attn_in", "mlp": "mlp_in"}
+from layerpolicy.tables.schema import (
+    ENTROPY_CHANGE,
+    MEANS_COLUMNS,
+    MODULE_INPUTS,
+    SUMMARY_COLUMNS,
+    TOKEN_METRICS,
+)
 
-MEANS_COLUMNS = ["prompt_id", "site", "layer", "n_layers", "metric", "value", "n_tokens"]
-SUMMARY_COLUMNS = [
-    "model",
-    "readout",
-    "site",
-    "layer",
-    "n_layers",
-    "rel_depth",
-    "metric",
-    "n_prompts",
-    "n_tokens",
-    "mean",
-    "ci_low",
-    "ci_high",
-    "pooled_mean",
-]
 _GROUP = ["prompt_id", "site", "layer", "n_layers"]
 _TOKEN_LAYER = ["prompt_id", "position", "layer"]
 _ROW = ["site", "layer", "n_layers", "metric"]
@@ -46,7 +33,7 @@ def prompt_means(tokens: pd.DataFrame) -> pd.DataFrame:
     a ValueError is raised when its sites are present but some token lacks one of the two readouts.
     """
     _require_single_run(tokens)
-    metrics = [m for m in METRICS if m in tokens.columns and tokens[m].notna().any()]
+    metrics = [m for m in TOKEN_METRICS if m in tokens.columns and tokens[m].notna().any()]
     parts = [_long_means(tokens, metrics)]
     if "entropy" in metrics:
         changes = _entropy_changes(tokens)
@@ -59,7 +46,7 @@ def prompt_means(tokens: pd.DataFrame) -> pd.DataFrame:
     ]
 
 
-def summarize(
+def summarise(
     prompt_means: pd.DataFrame,
     *,
     model: str,
@@ -104,7 +91,7 @@ def bootstrap_ci(
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of one vector (shape (n,), NaN = absent).
 
-    Same draw as `summarize` for a table with n prompts: the interval matches its row.
+    Same draw as `summarise` for a table with n prompts: the interval matches its row.
     """
     vector = np.asarray(values, dtype=np.float64).reshape(1, -1)
     low, high = _bootstrap_rows(vector, n_boot=n_boot, seed=seed, confidence=confidence)

@@ -1,0 +1,40 @@
+"""`layerpolicy view`: the interactive HTML report of a finished entropy run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from layerpolicy.errors import RunDirectoryError
+
+from .console import console
+
+
+def register(app: typer.Typer) -> None:
+    app.command("view")(view)
+
+
+def view(
+    run: Path = typer.Argument(..., help="A finished `layerpolicy entropy` run directory."),
+    out: Path = typer.Option(None, "--out", "-o", help="HTML file (default RUN/view.html)."),
+    max_prompts: int = typer.Option(
+        20, "--max-prompts", help="Token x layer heatmaps for this many prompts (the first ones)."
+    ),
+) -> None:
+    """Self-contained HTML report: profiles with CIs, entropy change, token x layer heatmaps."""
+    from layerpolicy.analysis import load_run
+    from layerpolicy.report.view import build_report
+
+    if not run.is_dir():
+        raise RunDirectoryError(
+            f"run directory {run} does not exist; pass a finished `layerpolicy entropy` run"
+        )
+    if all((run / part / "run.json").is_file() for part in ("before", "after")):
+        raise RunDirectoryError(
+            f"{run} is a training run; view one of its runs: {run / 'before'} or {run / 'after'}"
+        )
+    report = build_report(load_run(run), max_prompts=max_prompts)
+    out = run if out is None else out
+    path = report.save(out / "view.html" if out.is_dir() else out)
+    console.print(f"report in [bold]{path}[/] (open it in a browser; works offline)")

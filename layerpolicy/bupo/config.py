@@ -1,0 +1,209 @@
+"""BuPO settings (`TrainConfig`), the paper's presets, and their mapping onto TRL's GRPOConfig.
+
+Units: a *step* is one rollout (generation round): `prompts_per_step` prompts x `group_size`
+responses, then `mini_batches` optimizer steps on them (x `num_iterations` passes). s_inter
+(`inter_steps`) counts rollouts too. docs/training.md maps every field to the paper's (verl's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import LayerpolicyError
+
+PAPER_INTER_SHARE = 30 / 300  # the paper's s_inter / total steps (Qwen3-4B)
+# Settings that may change on --resume without changing the trajectory so far.
+RESUMABLE = ("steps", "save_every", "keep_checkpoints", "analyse", "analysis_prompts", "report_to")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """BuPO settings. inter_steps None: the paper's share, round(steps * 30 / 300).
+
+    layer: "auto" (the boundary-layer rule on an entropy analysis) or a 1-based layer k < L.
+    Defaults are the paper's where one machine allows (group size 8, clip 0.2, dual clip 10,
+    lr 1e-6 constant, AdamW, grad clip 1.0, 4 optimizer steps per rollout, T = 1, no KL).
+    lora_rank > 0 trains a LoRA adapter (PEFT) instead of all weights; grpo: any other
+    GRPOConfig field by name (applied last).
+    """
+
+    steps: int = 100
+    inter_steps: int | None = None
+    layer: int | str = "auto"
+    group_size: int = 8
+    prompts_per_step: int = 4
+    mini_batches: int = 4
+    grad_accum: int = 1
+    num_iterations: int = 1
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    lr: float = 1e-6
+    weight_decay: float = 0.01
+    clip_eps: float = 0.2
+    dual_clip: float = 10.0
+    grad_clip: float = 1.0
+    beta: float = 0.0
+    seed: int = 0
+    save_every: int = 10
+    keep_checkpoints: int = 1
+    analyse: bool = False
+    analysis_prompts: int = 8
+    thinking: bool = False
+    use_vllm: bool = False
+    lora_rank: int = 0
+    report_to: str = "none"
+    layer_stats: bool = True
+    grpo: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "prompts_per_step", "mini_batches", "grad_accum", "num_iterations")
+        for name in (*positive, "max_new_tokens", "save_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise LayerpolicyError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.analysis_prompts < 1 or self.lora_rank < 0:
+            raise LayerpolicyError("analysis_prompts must be >= 1 and lora_rank >= 0")
+        if not self.temperature > 0:
+            raise LayerpolicyError(f"temperature must be positive, got {self.temperature}")
+        if self.group_size < 2:
+            raise LayerpolicyError(f"group_size must be at least 2 (GRPO), got {self.group_size}")
+        if not 0 <= self.s_inter <= self.steps:
+            raise LayerpolicyError(
+                f"inter_steps must lie in 0..steps ({self.steps}), got {self.inter_steps}"
+            )
+        if self.beta != 0 and self.s_inter > 0:
+            raise LayerpolicyError(
+                f"beta = {self.beta} adds a KL term to pi_theta, which phase 1 does not train; "
+                "use beta 0 with BuPO, or --inter-steps 0 for GRPO with KL"
+            )
+        if self.layer != "auto" and not (isinstance(self.layer, int) and self.layer >= 1):
+            raise LayerpolicyError(f"layer must be 'auto' or a 1-based layer, got {self.layer!r}")
+        if self.responses % (self.mini_batches * self.grad_accum):
+            raise LayerpolicyError(
+                f"{self.responses} responses per step do not split into {self.mini_batches} "
+                f"mini-batches x {self.grad_accum} accumulation steps; change --mini-batches"
+            )
+
+    @property
+    def s_inter(self) -> int:
+        """Rollouts 1..s_inter train pi^k."""
+        if self.inter_steps is not None:
+            return self.inter_steps
+        return round(self.steps * PAPER_INTER_SHARE)
+
+    @property
+    def responses(self) -> int:
+        """Responses per rollout (the generation batch, all processes together)."""
+        return self.prompts_per_step * self.group_size
+
+    @property
+    def updates_per_step(self) -> int:
+        """Optimizer steps per rollout."""
+        return self.mini_batches * self.num_iterations
+
+    def phase(self, step: int) -> str:
+        """ "inter" (IPA on pi^k) for rollouts 1..s_inter, then "full" (GRPO on pi_theta)."""
+        return "inter" if step <= self.s_inter else "full"
+
+    def recorded(self) -> dict[str, Any]:
+        return {**asdict(self), "inter_steps": self.s_inter}
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# The paper's Qwen3-4B run (docs/method.md section 4): 300 rollouts of 128 prompts x 8, k = 6,
+# s_inter = 30. The response budget is not part of the paper's table; 4096 tokens is ours.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper-qwen3-4b": {
+        "model": "Qwen/Qwen3-4B",
+        "config": dict(
+            steps=300,
+            inter_steps=30,
+            layer=6,
+            group_size=8,
+            prompts_per_step=128,
+            mini_batches=4,
+            max_new_tokens=4096,
+            lr=1e-6,
+            save_every=10,
+        ),
+    },
+}
+
+
+def preset(name: str) -> dict[str, Any]:
+    """A preset's model and TrainConfig fields; one line naming the choices when unknown."""
+    if name not in PRESETS:
+        raise LayerpolicyError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def grpo_arguments(
+    config: TrainConfig,
+    output_dir: str,
+    world_size: int,
+    *,
+    chat_template_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """GRPOConfig keyword arguments for `config` on `world_size` processes (checked first)."""
+    per_update = config.responses // config.mini_batches
+    per_device, rest = divmod(per_update, config.grad_accum * world_size)
+    if rest or per_device < 1:
+        raise LayerpolicyError(
+            f"{world_size} processes x {config.grad_accum} accumulation steps do not divide "
+            f"the {per_update} responses of one mini-batch ({config.prompts_per_step} prompts x "
+            f"{config.group_size} / {config.mini_batches}); change --num-processes, "
+            "--prompts-per-step or --mini-batches"
+        )
+    updates = config.updates_per_step
+    arguments: dict[str, Any] = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=config.grad_accum,
+        steps_per_generation=config.mini_batches * config.grad_accum,
+        num_iterations=config.num_iterations,
+        num_generations=config.group_size,
+        max_completion_length=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=1.0,
+        top_k=0,
+        learning_rate=config.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.grad_clip,
+        epsilon=config.clip_eps,
+        delta=config.dual_clip,
+        loss_type="dapo",
+        scale_rewards="group",
+        beta=config.beta,
+        max_steps=config.steps * updates,
+        logging_steps=updates,
+        save_strategy="steps",
+        save_steps=config.save_every * updates,
+        save_total_limit=config.keep_checkpoints,
+        seed=config.seed,
+        report_to=config.report_to,
+        use_vllm=config.use_vllm,
+        chat_template_kwargs=chat_template_kwargs or {},
+        gradient_checkpointing=False,
+        bf16=False,
+        log_completions=False,
+        disable_tqdm=True,
+        save_only_model=False,
+        ddp_find_unused_parameters=config.s_inter > 0,
+    )
+    unknown = sorted(set(config.grpo) - _grpo_fields())
+    if unknown:
+        raise LayerpolicyError(
+            f"--grpo names no GRPOConfig field: {', '.join(unknown)} (see GRPOConfig's docs)"
+        )
+    return {**arguments, **config.grpo}
+
+
+def _grpo_fields() -> set[str]:
+    from trl import GRPOConfig
+
+    return {f.name for f in dataclasses.fields(GRPOConfig)}

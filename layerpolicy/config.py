@@ -1,0 +1,236 @@
+"""The settings of a run, validated when built: which model, which prompts, which readouts.
+
+The command line builds these from its options and the Python API takes them, so both refuse bad
+input with the same one-line `LayerpolicyError` before anything heavy is loaded.
+
+    ModelConfig     what to load and where: spec, device, dtype, hub access, device map
+    PromptConfig    which prompts and how they become token ids (template, thinking, sampling)
+    AnalysisConfig  which readouts and how they are summarised (readout, sites, top-k, bootstrap)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .devices import DTYPES, check_placement, choose_device, parse_max_memory
+from .errors import LayerpolicyError
+from .readout.sites import READOUT_MODES, SITE_SETS
+
+if TYPE_CHECKING:
+    import torch
+
+    from .engine import EngineConfig
+    from .models import LoadedModel, ModelSource
+    from .prompts import PromptSet
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+SAMPLERS = ("hf", "vllm")
+DEFAULT_TOP_K = 5
+
+
+def check_choice(name: str, value: object, choices: Iterable[str]) -> None:
+    """Raise unless `value` is one of `choices` (the message names them all)."""
+    options = tuple(choices)
+    if value not in options:
+        raise LayerpolicyError(f"unknown {name} {value!r}; choose one of {', '.join(options)}")
+
+
+def check_at_least(
+    name: str, value: float | None, minimum: float, *, optional: bool = False
+) -> None:
+    """Raise unless `value` >= `minimum` (None passes when `optional`)."""
+    if value is None and optional:
+        return
+    if value is None or value < minimum:
+        raise LayerpolicyError(f"{name} must be at least {minimum}, got {value}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What to load and where.
+
+    spec: alias, hub id, local directory, .gguf file or packaged name. device: auto | cpu | cuda |
+    cuda:N | mps. dtype: the forward's dtype, float32 | bfloat16 | float16 | auto (readouts and
+    metrics stay float32). offline: never contact the hub (None: only when it cannot be reached).
+    device_map: auto | balanced | sequential spreads the layers over the visible GPUs (then
+    `device` stays auto); max_memory caps each device, e.g. "0=20GiB,cpu=64GiB" or
+    {0: "20GiB", "cpu": "64GiB"}. Devices are checked against this machine's.
+    """
+
+    spec: str = DEFAULT_MODEL
+    device: str = "auto"
+    dtype: str | torch.dtype = "float32"
+    offline: bool | None = None
+    device_map: str | Mapping[str, Any] | None = None
+    max_memory: Mapping[int | str, int | str] | str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dtype, str):  # a torch.dtype: recorded and checked by its name
+            object.__setattr__(self, "dtype", str(self.dtype).removeprefix("torch."))
+        check_choice("dtype", self.dtype, DTYPES)
+        memory = self.max_memory
+        if isinstance(memory, str):
+            memory = parse_max_memory(memory)
+        object.__setattr__(
+            self, "max_memory", check_placement(self.device, self.device_map, memory)
+        )
+        if self.device_map is None:
+            choose_device(self.device)
+
+    def resolve(self) -> ModelSource:
+        """Where the spec points (no weights loaded)."""
+        from .models import resolve_spec
+
+        return resolve_spec(self.spec, offline=self.offline)
+
+    def load(self, *, progress: bool = True) -> LoadedModel:
+        """Load the model these settings name."""
+        from .models import load_model
+
+        return load_model(
+            self.spec,
+            device=self.device,
+            dtype=self.dtype,
+            device_map=self.device_map,
+            max_memory=self.max_memory,
+            offline=self.offline,
+            progress=progress,
+        )
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """Which prompts, and how each becomes token ids.
+
+    source: builtin (None), a .txt/.jsonl/.json/.csv/.parquet file, hf:owner/name[:split], or a
+    loaded PromptSet; limit keeps the first N. The column names override auto-detection.
+    chat_template: render with the tokenizer's template; thinking: the template's thinking mode
+    (where it has one). max_tokens: longer inputs are truncated (counted and warned about).
+    generate: sample up to this many new tokens per prompt from softmax(z / temperature) with
+    `sampler` (hf | vllm) and score the response only.
+    """
+
+    source: str | Path | PromptSet | None = None
+    limit: int | None = None
+    column: str | None = None
+    response_column: str | None = None
+    answer_column: str | None = None
+    chat_template: bool = True
+    thinking: bool = False
+    max_tokens: int | None = 1024
+    generate: int | None = None
+    temperature: float = 1.0
+    sampler: str = "hf"
+
+    def __post_init__(self) -> None:
+        check_at_least("limit", self.limit, 1, optional=True)
+        check_at_least("max_tokens", self.max_tokens, 2, optional=True)
+        check_at_least("generate", self.generate, 1, optional=True)
+        check_at_least("temperature", self.temperature, 0.0)
+        check_choice("sampler", self.sampler, SAMPLERS)
+        if self.sampler == "vllm" and self.generate:
+            import importlib.util
+
+            if importlib.util.find_spec("vllm") is None:
+                raise LayerpolicyError(
+                    "--sampler vllm needs vLLM (pip install vllm, on a GPU machine); "
+                    "or use --sampler hf"
+                )
+
+    @classmethod
+    def of(cls, prompts: str | Path | PromptSet | PromptConfig | None, limit: int | None = None):
+        """`prompts` as a PromptConfig: a PromptConfig as it is (`limit` must then be inside it),
+        anything else as the source with default encoding."""
+        if isinstance(prompts, PromptConfig):
+            if limit is not None and limit != prompts.limit:
+                raise LayerpolicyError("limit is given twice; set it in the PromptConfig only")
+            return prompts
+        return cls(source=prompts, limit=limit)
+
+    def load(self) -> PromptSet:
+        """The prompts (a given PromptSet is cut to `limit` too)."""
+        from .prompts import load_prompts
+
+        return load_prompts(
+            self.source,
+            limit=self.limit,
+            column=self.column,
+            response_column=self.response_column,
+            answer_column=self.answer_column,
+        )
+
+    def recorded(self) -> dict[str, Any]:
+        """The encoding settings that change results. `thinking` and `sampler` are recorded only
+        away from their defaults, so runs recorded before they existed still match."""
+        settings: dict[str, Any] = {
+            "max_tokens": self.max_tokens,
+            "chat_template": self.chat_template,
+            "generate": self.generate,
+            "temperature": self.temperature,
+        }
+        if self.thinking:
+            settings["thinking"] = True
+        if self.generate and self.sampler != "hf":
+            settings["sampler"] = self.sampler
+        return settings
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Which readouts, and how they are summarised.
+
+    readout: raw | logit-lens. sites: a site set (resid | modules | paper). batch_size: prompts
+    per forward. chunk_tokens: tokens per unembedding chunk (None: automatic). top_k: the K most
+    likely tokens kept for resid and final rows (0: none). n_boot: bootstrap resamples of the 95%
+    CI. seed: sampling and bootstrap seed.
+    """
+
+    readout: str = "raw"
+    sites: str = "paper"
+    batch_size: int = 4
+    chunk_tokens: int | None = None
+    top_k: int = DEFAULT_TOP_K
+    n_boot: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("readout", self.readout, READOUT_MODES)
+        check_choice("site set", self.sites, SITE_SETS)
+        check_at_least("batch_size", self.batch_size, 1)
+        check_at_least("chunk_tokens", self.chunk_tokens, 1, optional=True)
+        check_at_least("top_k", self.top_k, 0)
+        check_at_least("n_boot", self.n_boot, 1)
+
+    def engine(self) -> EngineConfig:
+        from .engine import EngineConfig
+
+        return EngineConfig(
+            readout=self.readout,
+            sites=self.sites,
+            chunk_tokens=self.chunk_tokens,
+            top_k=self.top_k,
+        )
+
+    def recorded(self) -> dict[str, Any]:
+        """The readout settings that change results (batch and chunk sizes do not). `top_k` is
+        recorded only away from its default, so runs recorded before it existed still match."""
+        settings: dict[str, Any] = {
+            "readout": self.readout,
+            "sites": self.sites,
+            "seed": self.seed,
+            "n_boot": self.n_boot,
+        }
+        if self.top_k != DEFAULT_TOP_K:
+            settings["top_k"] = self.top_k
+        return settings
+
+
+def recorded_settings(prompts: PromptConfig, analysis: AnalysisConfig) -> dict[str, Any]:
+    """The settings run.json records (besides the model and the prompts' hash) and that decide
+    whether a run directory is resumed or reused, in the order runs have always recorded them."""
+    first = ("readout", "sites", "max_tokens", "chat_template", "generate", "temperature")
+    merged = {**analysis.recorded(), **prompts.recorded()}
+    return {key: merged.pop(key) for key in first} | merged

@@ -1,0 +1,171 @@
+"""The internal layer policy pi^k of a plain Hugging Face causal LM, with gradients, for training.
+
+pi^k = softmax(H^k W_U / T): H^k is the raw residual after block k (1-based, no norm), W_U the
+model's own unembedding, T the rollout temperature (1 in the paper). Two entry points:
+
+- `stopped_after(model, k)`: within it the decoder runs blocks 1..k only and skips its final
+  norm, so the model's own forward (through any DDP / FSDP / DeepSpeed wrapper) yields H^k as
+  its last hidden state and its LM head forms pi^k's logits. Nothing above block k and not the
+  final norm takes part in that forward, so autograd gives them no gradient.
+- `layer_token_stats(...)`: per response token, from one forward without gradients, the
+  entropies of pi_theta and pi^k and KL(pi_theta || pi^k), read through `Unembedding` in float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import torch
+
+from ..errors import LayerpolicyError
+from ..metrics import readout_metrics, reference_policy
+from .unembed import Unembedding, find_final_norm
+
+STATS_CHUNK_BYTES = 128 * 2**20  # one float32 [rows, vocab] logits chunk per readout
+
+
+def base_causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face causal LM inside a PEFT model (the model itself otherwise)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def n_blocks(model: torch.nn.Module) -> int:
+    """Decoder blocks L of a causal LM."""
+    return len(_decoder(base_causal_lm(model)).layers)
+
+
+def check_layer_readout(model: torch.nn.Module, layer: int) -> None:
+    """Raise one line unless pi^layer can be read: 1 <= layer < L and no logit scaling that the
+    model's LM head applies on top of x W_U (soft-cap, logit scale)."""
+    hf_model = base_causal_lm(model)
+    total = n_blocks(hf_model)
+    if not 1 <= layer < total:
+        raise LayerpolicyError(
+            f"--layer must lie in 1..{total - 1} ({total} layers; layer {total} is pi_theta "
+            f"without its final norm), got {layer}"
+        )
+    config = hf_model.config.get_text_config()
+    scaled = [
+        name
+        for name in ("final_logit_softcapping", "logit_scale", "logits_scaling")
+        if getattr(config, name, None) not in (None, 1, 1.0)
+    ]
+    if scaled:
+        raise LayerpolicyError(
+            f"{type(hf_model).__name__} scales its logits ({', '.join(scaled)}), so its LM head "
+            "is not the raw readout H^k W_U; train it with --inter-steps 0 (plain GRPO)"
+        )
+
+
+@contextmanager
+def stopped_after(model: torch.nn.Module, layer: int) -> Iterator[None]:
+    """Make the decoder compute H^layer: blocks 1..layer, then no final norm (restored on exit).
+
+    Inside, `model(...)`'s last hidden state is H^layer [B, T, d] and its logits are
+    H^layer W_U (+ bias); the blocks above and the final norm are not called.
+    """
+    decoder = _decoder(base_causal_lm(model))
+    blocks, norm_name = decoder.layers, _norm_attribute(base_causal_lm(model), decoder)
+    norm = getattr(decoder, norm_name)
+    decoder.layers = torch.nn.ModuleList(list(blocks)[:layer])
+    setattr(decoder, norm_name, torch.nn.Identity())
+    try:
+        yield
+    finally:
+        decoder.layers = blocks
+        setattr(decoder, norm_name, norm)
+
+
+@torch.no_grad()
+def layer_token_stats(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    layer: int,
+    logits_to_keep: int,
+    *,
+    temperature: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """Entropies of pi_theta and pi^layer and KL(pi_theta || pi^layer) per completion token.
+
+    input_ids, attention_mask [B, P + C] (prompt left-padded, completion right-padded);
+    logits_to_keep = C. Returns [B, C] float32 tensors (nats) for the next-token distributions
+    at the completion positions: entropy_final, entropy_layer, kl_layer_final. Both policies use
+    the rollout temperature, as the trainer's ratios do.
+    """
+    outputs = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        output_hidden_states=True,
+        use_cache=False,
+        logits_to_keep=1,
+    )
+    window = slice(-logits_to_keep - 1, -1)
+    h_layer = outputs.hidden_states[layer][:, window]
+    h_final = outputs.hidden_states[-1][:, window]  # the decoder's normed output
+    shape = h_layer.shape[:2]
+    with _full_head(model):
+        unembed = Unembedding(base_causal_lm(model))
+        rows = max(16, STATS_CHUNK_BYTES // (4 * unembed.vocab_size))
+        names = ("entropy_final", "entropy_layer", "kl_layer_final")
+        columns: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+        flat_layer, flat_final = h_layer.flatten(0, 1), h_final.flatten(0, 1)
+        for start in range(0, flat_layer.shape[0], rows):
+            part = slice(start, start + rows)
+            final = unembed.from_normed(flat_final[part]) / temperature
+            internal = unembed.raw(flat_layer[part]) / temperature
+            targets = torch.full(final.shape[:1], -1, device=final.device)
+            final_stats = readout_metrics(final, targets, None)
+            layer_stats = readout_metrics(internal, targets, reference_policy(final))
+            columns["entropy_final"].append(final_stats["entropy"])
+            columns["entropy_layer"].append(layer_stats["entropy"])
+            columns["kl_layer_final"].append(layer_stats["kl_to_final"])
+    return {name: torch.cat(parts).view(shape) for name, parts in columns.items()}
+
+
+def _decoder(hf_model: torch.nn.Module) -> torch.nn.Module:
+    """The decoder stack (the module holding the block list `layers` and the final norm)."""
+    get_decoder = getattr(hf_model, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else hf_model.base_model
+    if not isinstance(getattr(decoder, "layers", None), torch.nn.ModuleList):
+        raise LayerpolicyError(
+            f"{type(hf_model).__name__} keeps no decoder block list `layers`; the internal "
+            "layer policy supports Llama-style decoders (Llama, Qwen, Mistral, SmolLM, ...)"
+        )
+    return decoder
+
+
+def _norm_attribute(hf_model: torch.nn.Module, decoder: torch.nn.Module) -> str:
+    """The attribute name of the decoder's final norm."""
+    norm = find_final_norm(hf_model)
+    for name, child in decoder.named_children():
+        if child is norm:
+            return name
+    raise LayerpolicyError(f"cannot find the final norm of {type(decoder).__name__}")
+
+
+def _full_head(model: torch.nn.Module) -> Any:
+    """A context in which the LM head's weight is whole: gathered under DeepSpeed ZeRO-3,
+    unsharded under FSDP2; a null context otherwise."""
+    head = base_causal_lm(model).get_output_embeddings()
+    params = [p for p in (head.weight, getattr(head, "bias", None)) if p is not None]
+    if any(hasattr(p, "ds_status") for p in params):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params)
+    unshard = getattr(model, "unshard", None)
+    if callable(unshard) and type(params[0]).__name__ == "DTensor":
+        return _unsharded(model)
+    return nullcontext()
+
+
+@contextmanager
+def _unsharded(model: Any) -> Iterator[None]:
+    model.unshard()
+    try:
+        yield
+    finally:
+        model.reshard()
