@@ -41,6 +41,7 @@ from layerpolicy.sampling import SamplingConfig, sample  # noqa: E402
 METRICS = ("entropy", "kl_to_final", "target_logprob")
 TOLERANCE = 2e-3  # nats, plus 1e-4 relative: float32 GPU vs float32 CPU, or vs float64
 DEADLINE_S = 7 * 60  # later sections are skipped (and say so) past this
+CLI_DEVICE = "cuda"  # the device of the 2-process and 1-process CLI runs
 PACKAGED = ("qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct")
 Row = tuple[str, str, str, str]  # check, setting, result, verdict
 
@@ -302,7 +303,7 @@ def two_processes(tmp: Path) -> list[Row]:
     import pandas as pd
 
     cli = shutil.which("layerpolicy") or str(Path(sys.executable).with_name("layerpolicy"))
-    common = ["entropy", "--model", "tiny-qwen2", "--limit", "8", "--device", "cuda"]
+    common = ["entropy", "--model", "tiny-qwen2", "--limit", "8", "--device", CLI_DEVICE]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
     env = {**os.environ, "LAYERPOLICY_CACHE": str(tmp / "cache")}
     for out, prefix in (

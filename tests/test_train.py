@@ -16,7 +16,7 @@ import pytest
 import torch
 from layerpolicy.cli.app import main
 
-from layerpolicy.bupo import TrainConfig, train
+from layerpolicy.bupo import TrainConfig, preset, train
 from layerpolicy.bupo.config import grpo_arguments
 from layerpolicy.bupo.data import prepare, training_prompts
 from layerpolicy.bupo.layer import boundary_layer_from
@@ -332,6 +332,28 @@ def test_two_processes_finish_and_write_the_same_artifacts_as_one(tiny_dirs, tmp
     assert list(two.columns) == list(one.columns) and list(two.phase) == ["inter", "full"]
     record = json.loads((tmp_path / "two" / "run.json").read_text())
     assert record["status"] == "complete" and record["world_size"] == 2
+
+
+def test_the_paper_preset_maps_onto_grpo_config(tmp_path):
+    from trl import GRPOConfig
+
+    config = TrainConfig(**preset("paper-qwen3-4b")["config"], grad_accum=8)
+    assert (config.s_inter, config.layer, config.responses) == (30, 6, 1024)
+    eight = grpo_arguments(config, str(tmp_path), world_size=8)
+    assert eight["per_device_train_batch_size"] == 4  # 1024 / 4 mini-batches / 8 GPUs / 8 accum
+    assert (eight["steps_per_generation"], eight["max_steps"], eight["logging_steps"]) == (
+        32,
+        1200,
+        4,
+    )
+    one = GRPOConfig(**grpo_arguments(config, str(tmp_path), world_size=1), use_cpu=True)
+    assert one.generation_batch_size == 1024 and one.num_generations == 8
+    assert (one.epsilon, one.delta, one.beta, one.loss_type) == (0.2, 10.0, 0.0, "dapo")
+    assert (one.learning_rate, str(one.lr_scheduler_type), one.scale_rewards) == (
+        1e-6,
+        "SchedulerType.CONSTANT",
+        "group",
+    )
 
 
 # ----------------------------------------------------------------------------- layer choice

@@ -188,14 +188,16 @@ def grpo_arguments(
         report_to=config.report_to,
         use_vllm=config.use_vllm,
         chat_template_kwargs=chat_template_kwargs or {},
-        gradient_checkpointing=False,
         bf16=False,
         log_completions=False,
         disable_tqdm=True,
         save_only_model=False,
         ddp_find_unused_parameters=config.s_inter > 0,
     )
-    unknown = sorted(set(config.grpo) - _grpo_fields())
+    fields = _grpo_fields()  # transformers 5.24 renamed gradient to activation checkpointing
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in fields else ""
+    arguments[checkpointing or "gradient_checkpointing"] = False
+    unknown = sorted(set(config.grpo) - fields)
     if unknown:
         raise LayerpolicyError(
             f"--grpo names no GRPOConfig field: {', '.join(unknown)} (see GRPOConfig's docs)"

@@ -34,8 +34,10 @@ def boundary_layer_from(summary: pd.DataFrame, n_layers: int) -> tuple[int, str]
 
 def parse_layer(value: str | int) -> int | str:
     """ "auto" or a 1-based layer number, from a CLI string."""
-    if isinstance(value, int) or value.strip().lower() == "auto":
-        return value if isinstance(value, int) else "auto"
+    if isinstance(value, int):
+        return value
+    if value.strip().lower() == "auto":
+        return "auto"
     try:
         return int(value)
     except ValueError:

@@ -3,7 +3,8 @@
 Columns: step (rollout, 1-based), phase (inter | full), layer (k), reward_mean, reward_std,
 groups_active (share of groups whose rewards differ: only they carry an advantage),
 entropy_final = H(pi_theta), entropy_layer_k = H(pi^k), kl_layer_k_final = KL(pi_theta || pi^k)
-(nats, token means on the rollout before its updates), entropy_ratio_policy (entropy of the
+(nats, token means over every m-th response of the rollout, m = steps_per_generation, under
+the weights that sampled it), entropy_ratio_policy (entropy of the
 policy in the ratio during the updates), loss, clip_frac (share of tokens whose ratio is
 clipped), clip_low_frac, clip_high_frac, grad_norm (before clipping), response_len (tokens),
 lr, seconds (wall time of the rollout and its updates).

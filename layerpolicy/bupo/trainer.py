@@ -41,7 +41,7 @@ class BupoTrainer(GRPOTrainer):
     """GRPOTrainer with BuPO's internal-policy phase for the first `inter_rollouts` rollouts.
 
     layer: k (1-based, 1 <= k < L). layer_stats: log H(pi_theta), H(pi^k) and
-    KL(pi_theta || pi^k) of every rollout (one extra forward without gradients per rollout).
+    KL(pi_theta || pi^k) of every rollout (one micro-batch forward without gradients each).
     """
 
     def __init__(

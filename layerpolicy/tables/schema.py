@@ -20,18 +20,8 @@ TOKEN_METRICS = (
     "top1_agree",
     "rms_norm",
 )
-TOKEN_COLUMNS = [
-    *TOKEN_KEYS,
-    "site",
-    "layer",
-    "n_layers",
-    "entropy",
-    "kl_to_final",
-    "target_logprob",
-    "target_rank",
-    "rms_norm",
-    "top1_agree",
-]
+TOKEN_FLOAT_METRICS = ("entropy", "kl_to_final", "target_logprob", "target_rank", "rms_norm")
+TOKEN_COLUMNS = [*TOKEN_KEYS, "site", "layer", "n_layers", *TOKEN_FLOAT_METRICS, "top1_agree"]
 # Optional token-table columns, present when scored with top_k > 0 (lists per row).
 TOP_K_COLUMNS = ("top_ids", "top_logprobs")
 

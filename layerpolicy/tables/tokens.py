@@ -7,9 +7,7 @@ import pandas as pd
 
 from ..models import LoadedModel
 from ..prompts import EncodedPrompt
-
-FLOAT_METRICS = ("entropy", "kl_to_final", "target_logprob", "target_rank", "rms_norm")
-TOP_K_COLUMNS = ("top_ids", "top_logprobs")  # lists per row, present when scored with top_k > 0
+from .schema import TOKEN_FLOAT_METRICS, TOP_K_COLUMNS
 
 
 def batch_frame(
@@ -40,7 +38,7 @@ def batch_frame(
             "n_layers": np.int16(model.n_layers),
         }
     )
-    for name in FLOAT_METRICS:
+    for name in TOKEN_FLOAT_METRICS:
         frame[name] = columns[name].astype(np.float32)
     frame["top1_agree"] = columns["top1_agree"].astype(bool)
     for name in TOP_K_COLUMNS:
