@@ -27,8 +27,8 @@ lint: setup
 
 ## The README's figures, from the real packaged models on MATH-500.
 figures: setup
-	$(BIN)/python scripts/make_figures.py
+	LAYERPOLICY_DATA=$${LAYERPOLICY_DATA:-$(CURDIR)/../shared/data} $(BIN)/python scripts/make_figures.py
 
 ## Speed and memory against the naive path, TransformerLens's logit lens and the matmul floor.
 bench: setup
-	$(BIN)/python benchmarks/bench_engine.py
+	LAYERPOLICY_DATA=$${LAYERPOLICY_DATA:-$(CURDIR)/../shared/data} $(BIN)/python benchmarks/bench_engine.py

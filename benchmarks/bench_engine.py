@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "math500.parquet"
 MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
 METHODS = ("forward", "floor", "engine", "naive", "tl")
 REPEATED = ("forward", "floor", "engine")  # --repeat applies to these
@@ -217,11 +216,11 @@ def measure(model: str, site_set: str, tokens: int, method: str, readout: str) -
 
 
 def input_tokens(tokenizer, n: int) -> list[int]:
-    """The first n tokens of the MATH-500 problems, concatenated."""
-    import pandas as pd
+    """The first n tokens of the MATH-500 problems (the named set `math500`), concatenated."""
+    from layerpolicy.prompts import load_prompts
 
-    problems = pd.read_parquet(DATA).prompt
-    text = "\n\n".join(str(messages[-1]["content"]) for messages in problems)
+    problems = load_prompts("math500").items
+    text = "\n\n".join(str(item.messages[-1]["content"]) for item in problems)
     ids = tokenizer(text)["input_ids"]
     if len(ids) < n:
         raise SystemExit(f"MATH-500 gives only {len(ids)} tokens, fewer than {n}")

@@ -42,7 +42,7 @@ BUPO_LIMIT = 32
 BUPO_CONFIG = lp.TrainConfig(
     steps=12,
     inter_steps=3,
-    layer="auto",
+    layer=4,  # SmolLM2 has no exploration region of dH_mlp, so no automatic k
     group_size=6,
     prompts_per_step=2,
     mini_batches=2,
@@ -118,9 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--prompts",
-        type=Path,
-        default=REPO.parent / "shared" / "data" / "math500.parquet",
-        help="prompt source (default: <repo>/../shared/data/math500.parquet)",
+        default="math500",
+        help="prompt source (default: the named set math500; LAYERPOLICY_DATA may hold a copy)",
     )
     parser.add_argument("--limit", type=int, default=16, help="prompts per model (default 16)")
     parser.add_argument("--out", type=Path, default=REPO / "figures", help="output directory")
@@ -296,14 +295,14 @@ def _timings(result: CompareResult) -> str:
     return f"{result.comparison['readout'].iloc[0]}: {each}"
 
 
-def _shown(path: Path) -> str:
-    """`path` relative to the repository when it lies in it or beside it, else as given."""
+def _shown(source: str) -> str:
+    """A prompt source as a command takes it: a named set as is, a file relative to the repository
+    when it lies in it."""
+    path = Path(source)
+    if not path.exists():
+        return source
     resolved = path.resolve()
-    if resolved.is_relative_to(REPO):
-        return str(resolved.relative_to(REPO))
-    if resolved.is_relative_to(REPO.parent):
-        return str(Path("..") / resolved.relative_to(REPO.parent))
-    return str(path)
+    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else source
 
 
 if __name__ == "__main__":

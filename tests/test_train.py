@@ -132,6 +132,23 @@ def test_phase_one_gradient_stops_at_layer_k_and_phase_two_reaches_everything(
                 assert grad > 0.0, f"{name} got no gradient in phase {phase}"
 
 
+def test_lora_adapters_above_k_get_no_gradient_in_phase_one(tiny_dirs, tmp_path):
+    trainer = make_trainer(tiny_dirs, tmp_path, lora_rank=4)
+    model = trainer.model
+    adapters = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert adapters and all("lora_" in n for n in adapters)
+    ids, mask, keep = batch(seed=8)
+    trainer.buffer_phase = "inter"
+    logps, _, _ = trainer._get_per_token_logps_and_entropies(model, ids, mask, keep)
+    (-logps.sum()).backward()
+    for name, param in adapters.items():  # lora_B starts at 0, so only it gets a first gradient
+        grad = 0.0 if param.grad is None else param.grad.abs().sum().item()
+        if (layer_index(name) or 0) >= K:
+            assert grad == 0.0, f"{name} got a gradient through pi^{K}"
+        elif "lora_B" in name:
+            assert grad > 0.0, f"{name} got no gradient through pi^{K}"
+
+
 def test_bfloat16_old_and_new_log_probs_agree_so_the_first_ratio_is_one(tiny_dirs, tmp_path):
     trainer = make_trainer(tiny_dirs, tmp_path, dtype="bfloat16")
     assert next(trainer.model.parameters()).dtype == torch.bfloat16
