@@ -33,11 +33,12 @@ _COLUMNS = (
     ("seconds", "s", "{:.1f}", 5),
 )
 # CLI parameter -> TrainConfig field, where the names differ
-_FIELDS = {"lora": "lora_rank"}
+_FIELDS = {"lora": "lora_rank", "screen": "screen_samples"}
 _CONFIG_PARAMS = (
     "steps", "inter_steps", "group_size", "prompts_per_step", "mini_batches", "grad_accum",
     "num_iterations", "max_new_tokens", "temperature", "lr", "beta", "seed", "save_every",
     "analyse", "analysis_prompts", "thinking", "use_vllm", "lora", "report_to", "layer_stats",
+    "screen", "eval_samples",
 )  # fmt: skip
 
 
@@ -93,6 +94,20 @@ def train(
     ),
     analysis_prompts: int = typer.Option(
         8, "--analysis-prompts", min=1, help="Prompts for the entropy analyses."
+    ),
+    screen: int = typer.Option(
+        0,
+        "--screen",
+        min=0,
+        help="Sample N responses per prompt from the base model first and train only on the "
+        "prompts it solves sometimes (RUN/screen.csv); 0 = off.",
+    ),
+    eval_samples: int = typer.Option(
+        0,
+        "--eval-samples",
+        min=0,
+        help="After training, N responses per trained prompt from the base and the final "
+        "model: reward before and after with 95% CIs (RUN/reward_*.csv); 0 = off.",
     ),
     thinking: bool = options.Thinking,
     use_vllm: bool = typer.Option(False, "--use-vllm", help="Sample rollouts with vLLM."),
@@ -151,6 +166,8 @@ def train(
         on_step=_row_printer(),
     )
     console.print(f"layer k = {result.layer}: {result.layer_reason}", highlight=False)
+    for line in reward_lines(result.record):
+        console.print(line, highlight=False)
     console.print(
         f"results in [bold]{result.path}[/] (train_log.parquet/.csv, run.json, figures/); "
         f"final model {result.checkpoint}",
@@ -172,6 +189,32 @@ def parse_grpo(pairs: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             parsed[key.strip()] = value
     return parsed
+
+
+def reward_lines(record: dict[str, Any]) -> list[str]:
+    """The screen's kept prompts and the reward before/after training, from a run's record."""
+    lines = []
+    if "screen" in record:
+        screen, summary = record["screen"], record["screen"]["summary"]
+        lines.append(
+            f"screen: trained on {screen['n_kept']} of {summary['n_prompts']} prompts, solved "
+            f"sometimes in {screen['samples']} samples (never {summary['never']:.0%}, always "
+            f"{summary['always']:.0%})"
+        )
+    reward = record.get("reward", {})
+    if "difference" in reward:
+        before, after, change = reward["before"], reward["after"], reward["difference"]
+        lines.append(
+            f"reward, mean over {before['n_prompts']} trained prompts x {reward['samples']} "
+            f"samples [95% CI]: before {_interval(before)}, after {_interval(after)}, "
+            f"after - before {_interval(change, '+.3f')}"
+        )
+    return lines
+
+
+def _interval(entry: dict[str, Any], fmt: str = ".3f") -> str:
+    mean = entry.get("prompt_mean", entry["mean"])
+    return f"{mean:{fmt}} [{entry['ci_low']:{fmt}}, {entry['ci_high']:{fmt}}]"
 
 
 def _is_default(ctx: typer.Context, name: str) -> bool:

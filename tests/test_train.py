@@ -1,6 +1,7 @@
 """BuPO on TRL's GRPOTrainer: pi^k log-probs against the plain model, gradient reach, the phase
 switch per rollout buffer, resume, the dual-clip loss by hand, one precision for old and new
-log-probs, two processes, the CLI end to end, and errors on bad input."""
+log-probs, two processes, the CLI end to end, the prompt screen and the reward before/after,
+entropy at k with intervals, and errors on bad input."""
 
 from __future__ import annotations
 
@@ -15,14 +16,20 @@ import pandas as pd
 import pytest
 import torch
 from layerpolicy.cli.app import main
+from layerpolicy.cli.train import reward_lines
 
 from layerpolicy.bupo import TrainConfig, preset, train
-from layerpolicy.bupo.config import grpo_arguments
+from layerpolicy.bupo import run as run_module
+from layerpolicy.bupo.config import RESUMABLE, grpo_arguments
 from layerpolicy.bupo.data import prepare, training_prompts
+from layerpolicy.bupo.evaluate import solve_rates
 from layerpolicy.bupo.layer import boundary_layer_from
+from layerpolicy.bupo.results import entropy_at_k
 from layerpolicy.bupo.run import build_trainer
 from layerpolicy.bupo.trainer import STATE_FILE
 from layerpolicy.errors import LayerpolicyError, PromptSourceError, RunDirectoryError
+from layerpolicy.models import load_model
+from layerpolicy.prompts import PromptSet, load_prompts
 from layerpolicy.readout.layer_policy import layer_token_stats
 from tests.reference import plain_model as reference_model
 
@@ -271,7 +278,7 @@ def test_train_cli_end_to_end_with_analysis_and_hf_checkpoints(tiny_dirs, tmp_pa
             "--inter-steps", "1", "--layer", "2", "--group-size", "2", "--prompts-per-step", "2",
             "--mini-batches", "2", "--max-new-tokens", "6", "--analyse", "--analysis-prompts",
             "2", "--device", "cpu", "--lr", "0.01", "--grpo", "max_grad_norm=0.5",
-            "--out", str(out),
+            "--eval-samples", "2", "--out", str(out),
         ]
     )  # fmt: skip
     captured = capsys.readouterr()
@@ -299,6 +306,10 @@ def test_train_cli_end_to_end_with_analysis_and_hf_checkpoints(tiny_dirs, tmp_pa
     torch.testing.assert_close(final, last, rtol=0, atol=0)
     assert not torch.equal(final, start)
     assert "KL(pi||k)" in captured.out and "layer k = 2" in captured.out
+    assert record["settings"]["eval_samples"] == 2 and record["reward"]["samples"] == 2
+    assert len(pd.read_csv(out / "reward_after.csv")) == 4 * 2  # 4 prompts x 2 samples
+    assert "reward, mean over 4 trained prompts x 2 samples" in captured.out
+    assert set(record["entropy_at_k"]["after"]) >= {"dh_mlp_ci", "policy_entropy_ci"}
 
 
 def _free_port() -> int:
@@ -322,7 +333,7 @@ def test_two_processes_finish_and_write_the_same_artifacts_as_one(tiny_dirs, tmp
     args = [
         "train", "--model", str(tiny_dirs["qwen2"]), "--limit", "4", "--steps", "2",
         "--inter-steps", "1", "--layer", "2", "--group-size", "2", "--prompts-per-step", "2",
-        "--mini-batches", "1", "--max-new-tokens", "4", "--device", "cpu",
+        "--mini-batches", "1", "--max-new-tokens", "4", "--eval-samples", "2", "--device", "cpu",
     ]  # fmt: skip
     script = str(Path(sys.executable).parent / "layerpolicy")  # the console script
     entry = [sys.executable, script]
@@ -349,6 +360,11 @@ def test_two_processes_finish_and_write_the_same_artifacts_as_one(tiny_dirs, tmp
     assert list(two.columns) == list(one.columns) and list(two.phase) == ["inter", "full"]
     record = json.loads((tmp_path / "two" / "run.json").read_text())
     assert record["status"] == "complete" and record["world_size"] == 2
+    assert {"reward_before.csv", "reward_after.csv"} <= files  # written by the main process
+    before = [pd.read_csv(tmp_path / run / "reward_before.csv") for run in ("one", "two")]
+    pd.testing.assert_frame_equal(before[1], before[0])  # the same base model, prompts, seeds
+    after = pd.read_csv(tmp_path / "two" / "reward_after.csv")
+    assert after[["prompt_id", "sample"]].equals(before[0][["prompt_id", "sample"]])
 
 
 def test_the_paper_preset_maps_onto_grpo_config(tmp_path):
@@ -371,6 +387,143 @@ def test_the_paper_preset_maps_onto_grpo_config(tmp_path):
         "SchedulerType.CONSTANT",
         "group",
     )
+
+
+# ----------------------------------------------------------------------------- screen, reward
+
+
+def spy_trained_prompts(monkeypatch) -> list[list[str]]:
+    """The prompt ids of every training dataset train() builds (one list per build)."""
+    seen: list[list[str]] = []
+    original = run_module.training_dataset
+
+    def spy(prompt_set, tokenizer, config):
+        seen.append([item.id for item in prompt_set.items])
+        return original(prompt_set, tokenizer, config)
+
+    monkeypatch.setattr(run_module, "training_dataset", spy)
+    return seen
+
+
+def test_screen_keeps_prompts_solved_sometimes_and_reward_is_measured_before_and_after(
+    tiny_dirs, tmp_path, monkeypatch
+):
+    spec, out = str(tiny_dirs["qwen3"]), tmp_path / "run"
+    never = load_prompts(None, limit=1).items[0].answer
+
+    def mixed(response: str, truth: str) -> float:
+        """Never for the first prompt, response-length parity (mixed) for the others."""
+        return 0.0 if truth == never else parity_reward(response, truth)
+
+    analysed: list[list[str]] = []
+    monkeypatch.setattr(
+        run_module, "_analyse", lambda model, items, *a, **k: analysed.append(
+            [item.id for item in items.items]
+        )
+    )  # fmt: skip
+    trained = spy_trained_prompts(monkeypatch)
+    config = TrainConfig(
+        **{**FAST, "mini_batches": 1}, steps=1, inter_steps=0, layer=K, screen_samples=4,
+        eval_samples=2, analyse=True, analysis_prompts=2, save_every=1,
+    )  # fmt: skip
+    common = dict(out=out, limit=5, reward_fn=mixed, device="cpu", progress=False)
+    result = train(spec, None, config=config, **common)
+    screen = pd.read_csv(out / "screen.csv", dtype={"prompt_id": str})
+    assert list(screen.columns) == ["prompt_id", "sample", "reward", "response_tokens", "stopped"]
+    ids = [item.id for item in load_prompts(None, limit=5).items]
+    assert list(screen.prompt_id) == [p for p in ids for _ in range(4)]
+    assert list(screen["sample"]) == [0, 1, 2, 3] * 5
+    rates = screen.groupby("prompt_id", sort=False)["reward"].mean()
+    kept = [p for p in ids if 0 < rates[p] < 1]
+    assert rates[ids[0]] == 0 and ids[0] not in kept and len(kept) >= 2
+    assert trained == [kept] and analysed == [kept[:2]]
+    record = json.loads((out / "run.json").read_text())
+    assert record["screen"]["n_kept"] == len(kept) and record["screen"]["samples"] == 4
+    assert record["screen"]["summary"]["never"] == pytest.approx(1 / 5)
+    reward = record["reward"]
+    assert {"before", "after", "difference", "prompts", "samples"} <= set(reward)
+    assert reward["prompts"] == "trained prompts" and reward["samples"] == 2
+    assert reward == result.record["reward"] and reward["function"] == "mixed"
+    # the before rows are the base model's, the after rows the final model's: same prompts,
+    # same evaluation seed (seed + 1)
+    items = tuple(i for i in load_prompts(None, limit=5).items if i.id in kept)
+    kept_set = PromptSet(items, "kept prompts", "")
+    options = dict(samples=2, max_new_tokens=6, seed=1, reward_fn=mixed, progress=False)
+    for name, model in (("reward_before", spec), ("reward_after", str(out / "model"))):
+        rows = pd.read_csv(out / f"{name}.csv", dtype={"prompt_id": str})
+        expected = solve_rates(load_model(model, device="cpu"), kept_set, **options)
+        pd.testing.assert_frame_equal(rows, expected, check_dtype=False)
+        side = reward["before" if name == "reward_before" else "after"]
+        assert side["prompt_mean"] == pytest.approx(
+            rows.groupby("prompt_id")["reward"].mean().mean()
+        )
+    change = reward["difference"]
+    assert change["mean"] == pytest.approx(
+        reward["after"]["prompt_mean"] - reward["before"]["prompt_mean"]
+    )
+    assert change["ci_low"] <= change["mean"] <= change["ci_high"]
+    screen_line, reward_line = reward_lines(record)
+    assert f"trained on {len(kept)} of 5 prompts" in screen_line and "never 20%" in screen_line
+    before = reward["before"]
+    assert f"before {before['prompt_mean']:.3f} [{before['ci_low']:.3f}, " in reward_line
+
+    # resume reads screen.csv (edited here: only the first two prompts mixed) and may change
+    # eval_samples; screen_samples may not change
+    assert "eval_samples" in RESUMABLE and "screen_samples" not in RESUMABLE
+    with pytest.raises(RunDirectoryError, match="screen_samples"):
+        train(spec, None, config=config.replace(screen_samples=5), resume=True, **common)
+    edited = screen.assign(reward=[0.0, 1.0, 0.0, 0.0] * 2 + [1.0] * 12)
+    edited.to_csv(out / "screen.csv", index=False)
+    resumed = config.replace(steps=2, eval_samples=1)
+    train(spec, None, config=resumed, resume=True, **common)
+    assert trained[-1] == ids[:2]
+    after = pd.read_csv(out / "reward_after.csv", dtype={"prompt_id": str})
+    assert list(after.prompt_id) == ids[:2] and list(after["sample"]) == [0, 0]
+
+
+def test_a_screen_that_keeps_too_few_prompts_stops_with_one_line(tiny_dirs, tmp_path, capsys):
+    out = tmp_path / "run"
+    config = TrainConfig(**FAST, steps=1, inter_steps=0, layer=K, screen_samples=2)
+    with pytest.raises(PromptSourceError, match=r"kept 0 of 4 prompts.*--limit or --screen"):
+        train(str(tiny_dirs["qwen2"]), None, out=out, config=config, limit=4,
+              reward_fn=lambda response, truth: 1.0, device="cpu", progress=False)  # fmt: skip
+    assert len(pd.read_csv(out / "screen.csv")) == 8 and not (out / "run.json").exists()
+    argv = ["train", "--model", str(tiny_dirs["qwen2"]), "--limit", "3", "--steps", "1",
+            "--layer", "2", "--group-size", "2", "--prompts-per-step", "2", "--mini-batches",
+            "1", "--max-new-tokens", "3", "--screen", "2", "--device", "cpu",
+            "--out", str(tmp_path / "cli")]  # fmt: skip
+    one_line_error(capsys, argv, "the screen kept 0 of 3 prompts", after_work=True)
+    with pytest.raises(LayerpolicyError, match="screen_samples must be 0"):
+        TrainConfig(screen_samples=1)
+    with pytest.raises(LayerpolicyError, match="eval_samples must be 0"):
+        TrainConfig(eval_samples=-1)
+
+
+def test_entropy_at_k_reports_intervals_next_to_the_means():
+    summary = _summary([2.0, 2.0, 0.0, -2.0, -2.0, 0.0])
+    final = {"site": "final", "layer": 6, "metric": "entropy", "mean": 1.5, "n_layers": 6,
+             "ci_low": 1.2, "ci_high": 1.9}  # fmt: skip
+    summary = pd.concat([summary, pd.DataFrame([final])], ignore_index=True)
+    later = summary.assign(**{c: summary[c] + 1 for c in ("mean", "ci_low", "ci_high")})
+
+    class Result:  # what entropy_at_k reads of an AnalysisResult
+        def __init__(self, frame):
+            self.summary = frame
+
+    out = entropy_at_k(Result(summary), Result(later), layer=2)
+    assert out["before"]["entropy_resid"] == 8.0
+    assert out["before"]["entropy_resid_ci"] == pytest.approx([7.99, 8.01])
+    assert out["before"]["dh_mlp"] == 2.0 and out["before"]["dh_mlp_ci"] == pytest.approx(
+        [1.99, 2.01]
+    )
+    assert out["before"]["dh_attn_ci"] == pytest.approx([-0.01, 0.01])
+    assert out["before"]["policy_entropy"] == 1.5
+    assert out["before"]["policy_entropy_ci"] == pytest.approx([1.2, 1.9])
+    assert out["after"]["dh_mlp"] == 3.0 and out["after"]["dh_mlp_ci"] == pytest.approx(
+        [2.99, 3.01]
+    )
+    assert out["after"]["policy_entropy_ci"] == pytest.approx([2.2, 2.9])
+    assert entropy_at_k(None, Result(later), 2) is None
 
 
 # ----------------------------------------------------------------------------- layer choice

@@ -15,7 +15,10 @@ from ..errors import LayerpolicyError
 
 PAPER_INTER_SHARE = 30 / 300  # the paper's s_inter / total steps (Qwen3-4B)
 # Settings that may change on --resume without changing the trajectory so far.
-RESUMABLE = ("steps", "save_every", "keep_checkpoints", "analyse", "analysis_prompts", "report_to")
+RESUMABLE = (
+    "steps", "save_every", "keep_checkpoints", "analyse", "analysis_prompts", "report_to",
+    "eval_samples",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,10 @@ class TrainConfig:
     lr 1e-6 constant, AdamW, grad clip 1.0, 4 optimizer steps per rollout, T = 1, no KL).
     lora_rank > 0 trains a LoRA adapter (PEFT) instead of all weights; grpo: any other
     GRPOConfig field by name (applied last).
+    screen_samples N > 0 samples N responses per prompt from the base model before training
+    (seed `seed`) and trains only on the prompts it solves sometimes (0 < mean reward < 1);
+    eval_samples N > 0 samples N responses per trained prompt from the base and the final model
+    (seed `seed + 1`) for the reward before and after training. 0 turns either off.
     """
 
     steps: int = 100
@@ -55,6 +62,8 @@ class TrainConfig:
     lora_rank: int = 0
     report_to: str = "none"
     layer_stats: bool = True
+    screen_samples: int = 0
+    eval_samples: int = 0
     grpo: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -64,6 +73,15 @@ class TrainConfig:
                 raise LayerpolicyError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.analysis_prompts < 1 or self.lora_rank < 0:
             raise LayerpolicyError("analysis_prompts must be >= 1 and lora_rank >= 0")
+        if self.screen_samples == 1 or self.screen_samples < 0:
+            raise LayerpolicyError(
+                f"screen_samples must be 0 (off) or at least 2 (one response per prompt is never "
+                f"solved sometimes), got {self.screen_samples}"
+            )
+        if self.eval_samples < 0:
+            raise LayerpolicyError(
+                f"eval_samples must be 0 (off) or positive, got {self.eval_samples}"
+            )
         if not self.temperature > 0:
             raise LayerpolicyError(f"temperature must be positive, got {self.temperature}")
         if self.group_size < 2:

@@ -77,18 +77,31 @@ def figures(
 def entropy_at_k(
     before: AnalysisResult | None, after: AnalysisResult | None, layer: int
 ) -> dict[str, Any] | None:
-    """Resid entropy and dH_mlp, dH_attn at layer k before and after training (nats)."""
+    """Resid entropy and dH_mlp, dH_attn at layer k, and H(pi_theta), before and after training
+    (nats; mean over prompts of per-prompt means, each with its 95% bootstrap interval as
+    `NAME_ci` = [low, high])."""
     if before is None or after is None:
         return None
     out: dict[str, Any] = {}
     for name, result in (("before", before), ("after", after)):
         summary = result.summary
         shape = shape_statistics(summary)
-        out[name] = {
-            "entropy_resid": float(profile(summary, "entropy", "resid")[layer]),
-            "dh_mlp": float(profile(summary, ENTROPY_CHANGE, "mlp")[layer]),
-            "dh_attn": float(profile(summary, ENTROPY_CHANGE, "attn")[layer]),
-            "policy_entropy": shape["policy_entropy"],
-            "eic_mlp": shape["eic_mlp"],
-        }
+        entry: dict[str, Any] = {}
+        for key, metric, site in (
+            ("entropy_resid", "entropy", "resid"),
+            ("dh_mlp", ENTROPY_CHANGE, "mlp"),
+            ("dh_attn", ENTROPY_CHANGE, "attn"),
+        ):
+            entry[key] = float(profile(summary, metric, site)[layer])
+            entry[f"{key}_ci"] = _interval(summary, metric, site, layer)
+        final = int(summary["n_layers"].iloc[0])
+        entry["policy_entropy"] = shape["policy_entropy"]
+        entry["policy_entropy_ci"] = _interval(summary, "entropy", "final", final)
+        entry["eic_mlp"] = shape["eic_mlp"]
+        out[name] = entry
     return out
+
+
+def _interval(summary: pd.DataFrame, metric: str, site: str, layer: int) -> list[float]:
+    """[ci_low, ci_high] of one summary row."""
+    return [float(profile(summary, metric, site, bound)[layer]) for bound in ("ci_low", "ci_high")]
