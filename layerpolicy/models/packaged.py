@@ -41,9 +41,7 @@ def cached_models() -> list[str]:
     models = cache_root() / "models"
     if not models.is_dir():
         return []
-    return sorted(
-        p.name for p in models.iterdir() if not p.name.startswith(".") and is_complete(p)
-    )
+    return sorted(p.name for p in models.iterdir() if not p.name.startswith(".") and is_complete(p))
 
 
 def pull(name: str, *, progress: bool = True, force: bool = False) -> Path:
