@@ -1,10 +1,11 @@
-"""The README's generated blocks, rendered from the files `make figures` writes into figures/.
+"""The README's "What it finds" block, rendered from the files `make figures` writes into figures/.
 
 Pure: every renderer reads `figures_dir` only (record.json with the run facts, comparison.csv,
-summary.csv, bupo_difference.csv, the captured command outputs) and returns markdown.
-`replace_block(text, name, block)` puts a block between `<!-- make-figures:NAME -->` and
-`<!-- /make-figures:NAME -->`. Entropies are in nats; comparison.csv's numbers are quoted as
-`layerpolicy compare` prints them, through `layerpolicy.tables.reading`.
+summary.csv, bupo_difference.csv) and returns markdown. `replace_block(text, name, block)` puts a
+block between `<!-- make-figures:NAME -->` and `<!-- /make-figures:NAME -->`; `wrap`, `duration`
+and `device_phrase` are the prose formats scripts/tour.py shares for the Quick tour's blocks.
+Entropies are in nats; comparison.csv's numbers are quoted as `layerpolicy compare` prints them,
+through `layerpolicy.tables.reading`.
 """
 
 from __future__ import annotations
@@ -24,13 +25,9 @@ from layerpolicy.tables.schema import COMPARISON_INT_COLUMNS, COMPARISON_TEXT_CO
 
 RECORD, COMPARISON, SUMMARY = "record.json", "comparison.csv", "summary.csv"
 BUPO_DIFFERENCE = "bupo_difference.csv"
-ENTROPY_OUTPUT, COMPARE_OUTPUT = "entropy_output.txt", "compare_output.txt"
-BLOCKS = ("findings", "tour-entropy", "tour-compare")
 READOUTS = {"raw": "raw", "logit-lens": "logit lens"}
 READOUT_TITLES = {"raw": "Raw readout", "logit-lens": "Logit lens"}
 WIDTH = 100  # prose is wrapped at this many columns, as the rest of the README
-HEAD_ROWS, TAIL_ROWS, READING_LINES = 5, 4, 3  # what the Quick tour keeps of long outputs
-CUT = "…"
 PAPER = "[Tan et al., arXiv 2512.19673](https://arxiv.org/abs/2512.19673)"
 
 
@@ -49,22 +46,6 @@ def replace_block(text: str, name: str, block: str) -> str:
         )
     head, rest = text.split(start)
     return f"{head}{start}\n{block.strip(chr(10))}\n{end}{rest.split(end)[1]}"
-
-
-def render_blocks(figures_dir: Path) -> dict[str, str]:
-    """Every generated README block by name."""
-    return {
-        "findings": render_findings(figures_dir),
-        "tour-entropy": render_entropy_tour(figures_dir),
-        "tour-compare": render_compare_tour(figures_dir),
-    }
-
-
-def update_readme(text: str, figures_dir: Path) -> str:
-    """README text with every generated block rendered from `figures_dir`."""
-    for name, block in render_blocks(figures_dir).items():
-        text = replace_block(text, name, block)
-    return text
 
 
 def read_comparison(path: Path) -> pd.DataFrame:
@@ -106,10 +87,10 @@ def render_findings(figures_dir: Path) -> str:
         "### BuPO before and after",
         *_bupo(record["bupo"], comparison, figures_dir, record["prompts"]["title"]),
     ]
-    return "\n\n".join(_wrap(p) for p in parts if p)
+    return "\n\n".join(wrap(p) for p in parts if p)
 
 
-def _wrap(part: str) -> str:
+def wrap(part: str) -> str:
     """A prose paragraph wrapped at WIDTH (code spans and links kept whole); tables, images,
     headings and code blocks kept as they are."""
     if part.startswith(("|", "<img", "#", "```")) or "\n```" in part:
@@ -170,8 +151,8 @@ def _protocol(record: dict[str, Any]) -> str:
         "and the pooled mean over all scored tokens. Compute: "
         + "; ".join(
             f"{m['name']} "
-            + " and ".join(f"{READOUTS[r]} {_duration(s)}" for r, s in m["seconds"].items())
-            + f" on {_device(m['device'])}"
+            + " and ".join(f"{READOUTS[r]} {duration(s)}" for r, s in m["seconds"].items())
+            + f" on {device_phrase(m['device'])}"
             for m in models
         )
         + "."
@@ -332,7 +313,8 @@ def _bupo(
         f"π_θ (GRPO). Each rollout samples {s['prompts_per_step']} prompts × G = "
         f"{s['group_size']} responses of at most {s['max_new_tokens']} tokens at "
         f"T = {s['temperature']:g}, then takes {s['mini_batches']} optimizer steps (lr "
-        f"{s['lr']:g}); {_duration(bupo['train_s'])} of training on {_device(model['device'])}.",
+        f"{s['lr']:g}); {duration(bupo['train_s'])} of training on "
+        f"{device_phrase(model['device'])}.",
         f"{_trained_prompts(bupo)} {_layer_why(bupo, comparison, title)}",
         _evaluation(bupo),
     ]
@@ -458,72 +440,6 @@ def _change_word(low: float, high: float) -> str:
     return "did not change measurably (CI includes 0)"
 
 
-# ------------------------------------------------------------------------------ Quick tour
-
-
-def render_entropy_tour(figures_dir: Path) -> str:
-    """The Quick tour's single-model block: what it costs, the command, its table (cut)."""
-    record = read_json(figures_dir / RECORD)
-    tour = record["quick_tour"]["entropy"]
-    model = record["models"][tour["family"]]
-    lines = (figures_dir / ENTROPY_OUTPUT).read_text().splitlines()
-    intro = (
-        f"One model's profile ({_duration(model['seconds']['raw'])} to sample and score "
-        f"{record['prompts']['n_problems']} {record['prompts']['title']} problems on "
-        f"{_device(model['device'])}): residual entropy with its 95% CI, the entropy change of "
-        "attention and MLP, and KL(π_θ ‖ π^l):"
-    )
-    return (
-        f"{_wrap(intro)}\n\n```bash\n{tour['command']}\n```\n\n```text\n"
-        + "\n".join(cut_table(lines, HEAD_ROWS, TAIL_ROWS))
-        + "\n```"
-    )
-
-
-def render_compare_tour(figures_dir: Path) -> str:
-    """The Quick tour's comparison block: the command and its output (cut)."""
-    record = read_json(figures_dir / RECORD)
-    tour = record["quick_tour"]["compare"]
-    lines = (figures_dir / COMPARE_OUTPUT).read_text().splitlines()
-    ends = [i for i, line in enumerate(lines) if line.startswith("└")]
-    head = ends[0] + 1 + READING_LINES if ends else len(lines)
-    tail = next(
-        (len(lines) - i for i, line in enumerate(lines) if line.startswith("results in")), 0
-    )
-    intro = (
-        f"Two families on the same problems (the runs are cached under `{tour['cache']}/`, so "
-        "this repeat only loads them):"
-    )
-    return (
-        f"{_wrap(intro)}\n\n```bash\n{tour['command']}\n```\n\n```text\n"
-        + "\n".join(keep_ends(lines, head, tail))
-        + "\n```"
-    )
-
-
-def keep_ends(lines: list[str], head: int, tail: int, marker: str = CUT) -> list[str]:
-    """The first `head` and last `tail` lines with `marker` between (all when nothing is cut)."""
-    if head + tail >= len(lines) - 1:
-        return lines
-    return [*lines[:head], marker, *lines[len(lines) - tail :]]
-
-
-def cut_table(lines: list[str], head: int, tail: int) -> list[str]:
-    """A rich table keeping its first `head` and last `tail` body rows, an empty row marked `…`
-    in their place."""
-    starts = [i for i, line in enumerate(lines) if line.startswith("┡")]
-    ends = [i for i, line in enumerate(lines) if line.startswith("└")]
-    if not starts or not ends:
-        return lines
-    first, last = starts[0] + 1, ends[0]
-    if head + tail >= last - first - 1:
-        return lines
-    cells = lines[first].split("│")
-    blank = ["", *(" " * len(c) for c in cells[1:-1]), ""]
-    blank[1] = blank[1][:-2] + CUT + " "
-    return [*lines[: first + head], "│".join(blank), *lines[last - tail :]]
-
-
 # ------------------------------------------------------------------------------ formats
 
 
@@ -531,11 +447,13 @@ def _img(name: str, width: str) -> str:
     return f'<img src="figures/{name}" width="{width}">'
 
 
-def _device(device: str) -> str:
+def device_phrase(device: str) -> str:
+    """Where a run ran, as prose: "the CPU", "a GPU (cuda:0)"."""
     return "the CPU" if device == "cpu" else f"a GPU ({device})" if "cuda" in device else device
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """A duration in s, min or h, rounded as prose quotes it."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"

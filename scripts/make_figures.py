@@ -12,81 +12,82 @@ trained here with BUPO_CONFIG when it is missing and resumed when it is unfinish
 Writes into `--out` (figures/): PNGs, summary.csv (the summary rows every figure draws),
 comparison.csv, bupo_difference.csv, bupo_train_log.csv, record.json (the run facts the README
 quotes), the Quick tour's outputs (entropy_output.txt, compare_output.txt: the CLI's own rendering
-of the cached runs) and README.md; then rewrites the generated blocks of `--readme`, which
-scripts/findings.py renders from `--out` alone. Seeds are fixed, so a rerun on finished runs
-writes the same numbers (the compare command's own timing aside).
+of the cached runs, scripts/tour.py) and README.md; then rewrites the generated blocks of
+`--readme`, which scripts/findings.py ("What it finds") and scripts/tour.py (the Quick tour)
+render from `--out` alone. Seeds are fixed, so a rerun on finished runs writes the same numbers
+(the compare command's own timing aside).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
-import os
-import re
 import shlex
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import typer
-from findings import (
-    BLOCKS,
+from findings import RECORD, render_findings, replace_block, thinking_phrase
+from matplotlib.figure import Figure
+from tour import (
     COMPARE_OUTPUT,
     ENTROPY_OUTPUT,
-    RECORD,
-    replace_block,
-    thinking_phrase,
-    update_readme,
+    REPO,
+    TERMINAL_WIDTH,
+    quick_tour,
+    render_compare_tour,
+    render_entropy_tour,
+    shown,
 )
-from layerpolicy.cli import options
-from layerpolicy.cli.app import app
-from layerpolicy.cli.console import console, err_console
-from layerpolicy.cli.entropy import print_summary
-from matplotlib.figure import Figure
-from typer.testing import CliRunner
 
 import layerpolicy as lp
 from layerpolicy import plots
 from layerpolicy.bupo.log import LOG_NAME
-from layerpolicy.comparison import CompareResult, cache_name, compare
-from layerpolicy.config import recorded_settings
-from layerpolicy.errors import LayerpolicyError
+from layerpolicy.comparison import CompareResult, compare
+from layerpolicy.errors import RunDirectoryError
 from layerpolicy.models.registry import PACKAGED_MODELS
+from layerpolicy.prompts import load_prompts
 from layerpolicy.prompts.sources import NAMED_SETS
 from layerpolicy.runs import RunDirectory, atomic_path, read_json, write_csv, write_json
 from layerpolicy.tables.difference import difference
 
-REPO = Path(__file__).resolve().parent.parent
 FAMILIES = ("qwen", "llama")
 SEED = 0
 LIMIT = 24  # MATH-500 problems per model
 GENERATE = 192  # most response tokens per problem
 BATCH = 16  # problems per sampling call and per scored batch
-# The short BuPO run behind the README (runs/bupo-smollm2/run.json records the same settings).
+# The short BuPO run behind the README (runs/bupo-smollm2/run.json records the same settings;
+# `bupo_record` refuses a finished run trained with others).
 BUPO_MODEL = "smollm2-135m-instruct"
 BUPO_PROMPTS = "builtin"
-BUPO_LIMIT = 32
+BUPO_LIMIT = 48
+BUPO_DTYPE = "float32"
 BUPO_CONFIG = lp.TrainConfig(
-    steps=12,
-    inter_steps=3,
-    layer=4,  # SmolLM2 has no exploration region of dH_mlp, so no automatic k
-    group_size=6,
+    steps=20,
+    inter_steps=4,
+    # SmolLM2 has no exploration region of ΔH_mlp under the raw readout, so the boundary-layer
+    # rule gives no k: it is given.
+    layer=4,
+    group_size=8,
     prompts_per_step=2,
-    mini_batches=2,
-    max_new_tokens=64,
+    mini_batches=4,
+    max_new_tokens=96,
     lr=1e-5,
     seed=SEED,
-    save_every=6,
+    save_every=2,
     analyse=True,
-    analysis_prompts=4,
+    analysis_prompts=8,
+    screen_samples=8,  # the screen keeps the builtin problems SmolLM2 solves sometimes
+    eval_samples=8,
 )
-TOUR_FAMILY = "llama"  # the family whose raw run the Quick tour's entropy table shows
-TERMINAL_WIDTH = 100  # columns of the terminal the Quick tour's outputs are rendered for
+BLOCKS = {  # README block -> its renderer, from the figures directory alone
+    "findings": render_findings,
+    "tour-entropy": render_entropy_tour,
+    "tour-compare": render_compare_tour,
+}
 TRAIN_FLAGS = {"lora_rank": "--lora", "screen_samples": "--screen"}  # TrainConfig field -> flag
 FIGURE_ROWS = {  # metric -> sites whose summary rows the figures draw
     "entropy": ("embed", "resid", "attn", "mlp", "final"),
@@ -128,10 +129,11 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     for name in BLOCKS:  # a missing marker stops here, before any run
         replace_block(args.readme.read_text(), name, "")
+    bupo_record(args.bupo_run)  # so does a finished BuPO run with other settings
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     raw, lens = family_runs(args)
-    tour = quick_tour(raw, args, out)  # checks its commands before the BuPO run
+    tour = quick_tour(raw, args, out, FAMILIES, BATCH)  # checks its commands before BuPO
     bupo = bupo_run(args.bupo_run, args.device)
 
     written = family_figures(raw, lens, out) + bupo_figures(bupo, out)
@@ -147,6 +149,13 @@ def main(argv: list[str] | None = None) -> None:
         f"{len(written)} figures, their tables and the generated blocks of {args.readme} from "
         f"{out} ({time.perf_counter() - started:.0f} s)"
     )
+
+
+def update_readme(text: str, figures_dir: Path) -> str:
+    """README text with every generated block rendered from `figures_dir`."""
+    for name, render in BLOCKS.items():
+        text = replace_block(text, name, render(figures_dir))
+    return text
 
 
 def protocol(args: argparse.Namespace) -> lp.PromptConfig:
@@ -201,9 +210,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def bupo_run(path: Path, device: str) -> BupoRun:
-    """Load the finished BuPO run at `path`, or train it (resuming an unfinished one)."""
-    record_path = path / "run.json"
-    record = read_json(record_path) if record_path.is_file() else {}
+    """Load the finished BuPO run at `path` (trained with BUPO_*), or train it (resuming an
+    unfinished one)."""
+    record = bupo_record(path)
     if record.get("status") != "complete":
         lp.train(
             BUPO_MODEL,
@@ -213,8 +222,9 @@ def bupo_run(path: Path, device: str) -> BupoRun:
             limit=BUPO_LIMIT,
             resume=bool(record),
             device=device,
+            dtype=BUPO_DTYPE,
         )
-        record = read_json(record_path)
+        record = read_json(path / "run.json")
     return BupoRun(
         path=path,
         record=record,
@@ -222,6 +232,31 @@ def bupo_run(path: Path, device: str) -> BupoRun:
         before=lp.load_run(path / "before").summary,
         after=lp.load_run(path / "after").summary,
     )
+
+
+def bupo_record(path: Path) -> dict[str, Any]:
+    """run.json of the BuPO run at `path` ({} when there is none); raises when a finished run
+    was trained with other settings than BUPO_* give (an unfinished one is checked on resume)."""
+    record_path = path / "run.json"
+    record = read_json(record_path) if record_path.is_file() else {}
+    if record.get("status") == "complete":
+        recorded, wanted = record.get("settings", {}), bupo_settings()
+        changed = sorted(k for k in {*recorded, *wanted} if recorded.get(k) != wanted.get(k))
+        if changed:
+            raise RunDirectoryError(
+                f"{shown(str(path))} holds a finished BuPO run with other settings than "
+                f"make_figures' BUPO_* ({', '.join(changed)}); delete or move it to train one "
+                "with these"
+            )
+    return record
+
+
+def bupo_settings() -> dict[str, Any]:
+    """The settings `lp.train` records (run.json "settings") for BUPO_MODEL, BUPO_PROMPTS,
+    BUPO_LIMIT, BUPO_DTYPE and BUPO_CONFIG, as JSON holds them."""
+    prompts = load_prompts(BUPO_PROMPTS, limit=BUPO_LIMIT)
+    settings = {"model": BUPO_MODEL, "prompts_sha256": prompts.sha256, "dtype": BUPO_DTYPE}
+    return json.loads(json.dumps({**settings, **BUPO_CONFIG.recorded()}))
 
 
 def family_figures(raw: CompareResult, lens: CompareResult, out: Path) -> list[Path]:
@@ -324,7 +359,7 @@ def model_facts(raw_run: Path, lens_run: Path) -> dict[str, Any]:
         "responses_at_cap": int((lengths >= raw["sampling"]["max_new_tokens"]).sum()),
         "truncated_prompts": raw.get("truncated_prompts", 0),
         "seconds": {"raw": raw["timings"]["score_s"], "logit-lens": lens["timings"]["score_s"]},
-        "runs": {"raw": _shown(str(raw_run)), "logit-lens": _shown(str(lens_run))},
+        "runs": {"raw": shown(str(raw_run)), "logit-lens": shown(str(lens_run))},
     }
 
 
@@ -338,7 +373,7 @@ def bupo_facts(bupo: BupoRun) -> dict[str, Any]:
         final = summary[(summary.site == "final") & (summary.metric == "entropy")].iloc[0]
         analyses[when] = {"n_prompts": int(final.n_prompts), "n_tokens": int(final.n_tokens)}
     return {
-        "run": _shown(str(bupo.path)),
+        "run": shown(str(bupo.path)),
         "method": record["method"],
         "model": {
             **{key: info.get(key) for key in ("name", "quantisation", "device", "n_layers")},
@@ -368,131 +403,7 @@ def train_argv(out: Path) -> list[str]:
             argv.append(flag if value else f"--no-{flag[2:]}")
         else:
             argv += [flag, str(value)]
-    return [*argv, "--out", _shown(str(out))]
-
-
-# ------------------------------------------------------------------------------ Quick tour
-
-
-def quick_tour(raw: CompareResult, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """The Quick tour's two outputs, rendered by the CLI's own code on the cached runs, as the
-    commands shown with them print them (checked to name these very runs first)."""
-    run = raw.runs[list(raw.runs)[FAMILIES.index(TOUR_FAMILY)]]
-    entropy = entropy_argv(args, read_json(run / "run.json")["model"]["name"])
-    check_same_run(entropy, run)
-    with _terminal(TERMINAL_WIDTH), console.capture() as captured:
-        print_summary(lp.load_run(run))
-    _write_text(out / ENTROPY_OUTPUT, captured.get())
-    comparison = compare_argv(args)
-    check_loads_cached(comparison, raw)
-    with _terminal(TERMINAL_WIDTH), _working_directory(REPO):
-        result = CliRunner().invoke(app, comparison)
-    if result.exit_code != 0:
-        raise LayerpolicyError(
-            f"`layerpolicy {shlex.join(comparison)}` failed: {result.exception}"
-        ) from result.exception
-    _write_text(out / COMPARE_OUTPUT, result.stdout)
-    return {
-        "entropy": {"family": TOUR_FAMILY, "command": "layerpolicy " + shlex.join(entropy)},
-        "compare": {
-            "command": "layerpolicy " + shlex.join(comparison),
-            "cache": _shown(str(args.runs / "cache")),
-        },
-    }
-
-
-def entropy_argv(args: argparse.Namespace, model: str) -> list[str]:
-    """`layerpolicy entropy` arguments of one model's run under the protocol."""
-    return ["entropy", "--model", model, *_protocol_options(args)]
-
-
-def compare_argv(args: argparse.Namespace) -> list[str]:
-    """`layerpolicy compare` arguments that load `family_runs(args)` from the cache (run in the
-    repository; --cache and --out only where `--runs` is not the repository's runs/)."""
-    argv = ["compare", *FAMILIES, *_protocol_options(args), "--offline"]
-    if args.runs.resolve() != (REPO / "runs").resolve():
-        where = args.runs / f"compare-{'-'.join(FAMILIES)}"
-        argv += ["--cache", _shown(str(args.runs / "cache")), "--out", _shown(str(where))]
-    return argv
-
-
-def _protocol_options(args: argparse.Namespace) -> list[str]:
-    limit, generate = str(args.limit), str(args.generate)
-    return ["--prompts", _shown(args.prompts), "--limit", limit, "--generate", generate,
-            "--batch-size", str(BATCH)]  # fmt: skip
-
-
-def cli_params(argv: list[str]) -> dict[str, Any]:
-    """The parsed parameters of a `layerpolicy` command line (parsed by click, not run)."""
-    group = typer.main.get_command(app)
-    command = group.get_command(typer.Context(group), argv[0])
-    if command is None:
-        raise LayerpolicyError(f"no layerpolicy command {argv[0]!r}")
-    return command.make_context(argv[0], list(argv[1:])).params
-
-
-def check_same_run(argv: list[str], run: Path) -> None:
-    """Raise unless the `layerpolicy entropy` command `argv` has the settings of `run`."""
-    params = cli_params(argv)
-    prompts, config = options.prompt_config(params), options.analysis_config(params)
-    settings = {
-        "model": options.model_config(params).resolve().name,
-        "prompts_sha256": prompts.load().sha256,
-        **recorded_settings(prompts, config),
-    }
-    if settings != read_json(run / "run.json")["settings"]:
-        raise LayerpolicyError(
-            f"`layerpolicy {shlex.join(argv)}` has other settings than {_shown(str(run))}; make "
-            "entropy_argv() match family_runs()"
-        )
-
-
-def check_loads_cached(argv: list[str], result: CompareResult) -> None:
-    """Raise unless the `layerpolicy compare` command `argv`, run in the repository, loads the
-    runs of `result` from its cache (instead of analysing anything)."""
-    params = cli_params(argv)
-    prompts, config = options.prompt_config(params), options.analysis_config(params)
-    sha256 = prompts.load().sha256
-    cached = set()
-    for spec in params["specs"]:
-        source = options.model_config(params, spec=spec).resolve()
-        name = cache_name(source.name, source.location, sha256, prompts, config)
-        cached.add((REPO / params["cache"] / name).resolve())
-    if cached != {Path(p).resolve() for p in result.runs.values()}:
-        raise LayerpolicyError(
-            f"`layerpolicy {shlex.join(argv)}` would not load the cached runs of "
-            "family_runs(); make compare_argv() match it"
-        )
-
-
-@contextlib.contextmanager
-def _terminal(width: int) -> Iterator[None]:
-    """The CLI's consoles `width` columns wide, as on a terminal of that width."""
-    saved = [(c, c._width) for c in (console, err_console)]
-    for c, _ in saved:
-        c.width = width
-    try:
-        yield
-    finally:
-        for c, before in saved:
-            c._width = before
-
-
-@contextlib.contextmanager
-def _working_directory(directory: Path) -> Iterator[None]:
-    before = Path.cwd()
-    os.chdir(directory)
-    try:
-        yield
-    finally:
-        os.chdir(before)
-
-
-def _write_text(path: Path, text: str) -> None:
-    """`text` as a terminal shows it (no escape codes, no trailing blanks), written atomically."""
-    plain = re.sub(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)", "", text)
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(line.rstrip() for line in plain.splitlines()) + "\n")
+    return [*argv, "--out", shown(str(out))]
 
 
 # ------------------------------------------------------------------------------ figures/README.md
@@ -515,7 +426,7 @@ def readme(record: dict[str, Any]) -> str:
         "Regenerate with `make figures` (`python scripts/make_figures.py --help` for options);",
         "finished runs under `runs/` are reused, so a rerun only redraws. Entropies in nats.",
         "The README's generated blocks are rendered from this directory alone",
-        "(scripts/findings.py); `record.json` holds the run facts they quote.",
+        "(scripts/findings.py, scripts/tour.py); `record.json` holds the run facts they quote.",
         "",
         "## Family comparison",
         "",
@@ -598,16 +509,6 @@ def readme(record: dict[str, Any]) -> str:
         f"the CLI's own code on the cached runs at {TERMINAL_WIDTH} columns.",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _shown(source: str) -> str:
-    """A prompt source as a command takes it: a named set as is, a file relative to the repository
-    when it lies in it."""
-    path = Path(source)
-    if not path.exists():
-        return source
-    resolved = path.resolve()
-    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else source
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """The README's generated blocks: rendered from figures/ alone, and in step with it.
 
-scripts/findings.py renders the "What it finds" section and the Quick tour's outputs from the files
-`make figures` writes into figures/; scripts/make_figures.py shows the commands that reproduce its
-cached runs. Here: the committed README equals the rendering of the committed figures/, a
-hand-built figures directory renders to the numbers it holds (words that compare computed from
-them), and the commands shown name the runs make_figures computes.
+scripts/findings.py renders the "What it finds" section and scripts/tour.py the Quick tour's
+outputs from the files `make figures` writes into figures/; scripts/tour.py also shows the commands
+that reproduce make_figures' cached runs. Here: the committed README equals the rendering of the
+committed figures/, a hand-built figures directory renders to the numbers it holds (words that
+compare computed from them), the commands shown name the runs make_figures computes, and a
+finished BuPO run trained with other settings is refused, not reused.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from layerpolicy.cli.app import app
 from typer.testing import CliRunner
 
 import layerpolicy.bupo
+import layerpolicy.bupo.run
 from layerpolicy.comparison import cache_name
 from layerpolicy.config import AnalysisConfig, ModelConfig, recorded_settings
-from layerpolicy.errors import LayerpolicyError
+from layerpolicy.errors import LayerpolicyError, RunDirectoryError
 from layerpolicy.runs import write_csv, write_json
 from layerpolicy.tables.schema import (
     COMPARISON_COLUMNS,
@@ -38,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 findings = importlib.import_module("findings")
 make_figures = importlib.import_module("make_figures")
+tour = importlib.import_module("tour")
 
 QWEN, SMOL = "qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct"
 
@@ -52,7 +55,7 @@ def test_readme_blocks_are_the_rendering_of_the_committed_figures():
             "figures/record.json does not exist yet: regenerate figures/ with `make figures`"
         )
     text = (REPO / "README.md").read_text()
-    assert findings.update_readme(text, figures) == text, (
+    assert make_figures.update_readme(text, figures) == text, (
         "README.md's generated blocks differ from figures/; run `make figures` instead of "
         "editing them by hand"
     )
@@ -61,7 +64,7 @@ def test_readme_blocks_are_the_rendering_of_the_committed_figures():
 
 def test_readme_has_every_block_once():
     text = (REPO / "README.md").read_text()
-    for name in findings.BLOCKS:
+    for name in make_figures.BLOCKS:
         findings.replace_block(text, name, "x")  # raises when a marker is missing
 
 
@@ -328,7 +331,7 @@ def test_bupo_section_states_settings_screen_layer_and_entropies(tmp_path):
 
 def test_quick_tour_blocks_cut_long_outputs_where_marked(tmp_path):
     figures = built_figures(tmp_path / "figures")
-    entropy = findings.render_entropy_tour(figures)
+    entropy = tour.render_entropy_tour(figures)
     flat = " ".join(entropy.split())
     assert flat.startswith("One model's profile (8 min to sample and score 24 MATH-500 problems")
     assert "```bash\nlayerpolicy entropy --model m --limit 24\n```" in entropy
@@ -336,7 +339,7 @@ def test_quick_tour_blocks_cut_long_outputs_where_marked(tmp_path):
     assert [line.split("│")[1].strip() for line in body] == ["0", "1", "2", "3", "4", "…", "8",
                                                               "9", "10", "11"]  # fmt: skip
     assert len({len(line) for line in body}) == 1  # the marked row is as wide as the others
-    compare = findings.render_compare_tour(figures).splitlines()
+    compare = tour.render_compare_tour(figures).splitlines()
     text = compare[compare.index("```text") + 1 : -1]
     assert text[0].startswith("note: qwen ->") and text[-3:] == [
         "…",
@@ -349,9 +352,9 @@ def test_quick_tour_blocks_cut_long_outputs_where_marked(tmp_path):
 
 def test_short_outputs_are_not_cut():
     lines = rich_table(3)
-    assert findings.cut_table(lines, 5, 4) == lines
-    assert findings.keep_ends(["a", "b", "c"], 1, 1) == ["a", "b", "c"]
-    assert findings.keep_ends(list("abcdef"), 2, 1) == ["a", "b", "…", "f"]
+    assert tour.cut_table(lines, 5, 4) == lines
+    assert tour.keep_ends(["a", "b", "c"], 1, 1) == ["a", "b", "c"]
+    assert tour.keep_ends(list("abcdef"), 2, 1) == ["a", "b", "…", "f"]
 
 
 # ------------------------------------------------------------------------------ make_figures
@@ -372,13 +375,15 @@ def test_compare_command_loads_the_runs_family_runs_caches(tmp_path):
         source = ModelConfig(family, offline=True).resolve()
         name = cache_name(source.name, source.location, sha256, prompts, config)
         runs[source.name] = args.runs / "cache" / name
-    argv = make_figures.compare_argv(args)
-    assert argv[:3] == ["compare", *make_figures.FAMILIES]
+    families, batch = make_figures.FAMILIES, make_figures.BATCH
+    argv = tour.compare_argv(args, families, batch)
+    assert argv[:3] == ["compare", *families]
     assert "--cache" not in argv  # the repository's runs/: the command as a user types it
-    make_figures.check_loads_cached(argv, SimpleNamespace(runs=runs))
-    other = make_figures.compare_argv(arguments(tmp_path, generate=make_figures.GENERATE + 1))
+    tour.check_loads_cached(argv, SimpleNamespace(runs=runs))
+    changed = arguments(tmp_path, generate=make_figures.GENERATE + 1)
+    other = tour.compare_argv(changed, families, batch)
     with pytest.raises(LayerpolicyError, match="would not load the cached runs"):
-        make_figures.check_loads_cached(other, SimpleNamespace(runs=runs))
+        tour.check_loads_cached(other, SimpleNamespace(runs=runs))
 
 
 def test_entropy_command_has_the_settings_of_the_run_it_shows(tmp_path):
@@ -388,10 +393,11 @@ def test_entropy_command_has_the_settings_of_the_run_it_shows(tmp_path):
     settings = {"model": SMOL, "prompts_sha256": prompts.load().sha256,
                 **recorded_settings(prompts, config)}  # fmt: skip
     write_json({"settings": settings}, tmp_path / "run" / "run.json")
-    make_figures.check_same_run(make_figures.entropy_argv(args, SMOL), tmp_path / "run")
+    argv = tour.entropy_argv(args, SMOL, make_figures.BATCH)
+    tour.check_same_run(argv, tmp_path / "run")
     write_json({"settings": {**settings, "generate": 7}}, tmp_path / "run" / "run.json")
     with pytest.raises(LayerpolicyError, match="has other settings"):
-        make_figures.check_same_run(make_figures.entropy_argv(args, SMOL), tmp_path / "run")
+        tour.check_same_run(argv, tmp_path / "run")
 
 
 def test_train_command_trains_bupo_config(tmp_path, monkeypatch):
@@ -419,7 +425,41 @@ def test_train_command_trains_bupo_config(tmp_path, monkeypatch):
 
 
 def test_cli_params_parses_without_running():
-    params = make_figures.cli_params(["entropy", "--model", "tiny-llama", "--limit", "3"])
+    params = tour.cli_params(["entropy", "--model", "tiny-llama", "--limit", "3"])
     assert (params["model"], params["limit"], params["generate"]) == ("tiny-llama", 3, 0)
     with pytest.raises(typer.TyperException, match="greater than or equal to 1"):
-        make_figures.cli_params(["entropy", "--limit", "0"])
+        tour.cli_params(["entropy", "--limit", "0"])
+
+
+def train_settings(path: Path, monkeypatch) -> dict:
+    """The settings train() records when bupo_run trains into `path` (stopped before training:
+    no model loaded, nothing sampled)."""
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_open_run(run, settings, resume, **kwargs):
+        seen.update(settings)
+        raise Stop
+
+    monkeypatch.setattr(layerpolicy.bupo.run, "model_depth", lambda *a, **k: (30, SMOL))
+    monkeypatch.setattr(layerpolicy.bupo.run, "open_run", fake_open_run)
+    with pytest.raises(Stop):
+        make_figures.bupo_run(path, "cpu")
+    return seen
+
+
+def test_a_finished_bupo_run_with_other_settings_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "bupo"
+    settings = train_settings(path, monkeypatch)
+    assert settings["model"] == make_figures.BUPO_MODEL and settings["steps"] == 20
+    write_json({"status": "complete", "settings": settings}, path / "run.json")
+    assert make_figures.bupo_record(path)["settings"] == settings  # reused as it is
+    other = {**settings, "steps": 12, "lr": 1e-6}
+    write_json({"status": "complete", "settings": other}, path / "run.json")
+    with pytest.raises(RunDirectoryError, match=r"\(lr, steps\); delete or move it") as raised:
+        make_figures.bupo_record(path)
+    assert "\n" not in str(raised.value)
+    write_json({"status": "running", "settings": other}, path / "run.json")
+    assert make_figures.bupo_record(path)["status"] == "running"  # train() checks on resume

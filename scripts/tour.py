@@ -1,0 +1,244 @@
+"""The README's Quick tour: its two commands, their outputs and the blocks that show them.
+
+`quick_tour` writes what `layerpolicy entropy` and `layerpolicy compare` print on the cached runs of
+scripts/make_figures.py (ENTROPY_OUTPUT, COMPARE_OUTPUT: the CLI's own rendering at
+TERMINAL_WIDTH columns), after checking that the commands shown name these very runs.
+`render_entropy_tour` and `render_compare_tour` turn those outputs into the README's tour-entropy
+and tour-compare blocks, from the figures directory alone, with long tables cut.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import typer
+from findings import RECORD, device_phrase, duration, wrap
+from layerpolicy.cli import options
+from layerpolicy.cli.app import app
+from layerpolicy.cli.console import console, err_console
+from layerpolicy.cli.entropy import print_summary
+from typer.testing import CliRunner
+
+import layerpolicy as lp
+from layerpolicy.comparison import CompareResult, cache_name
+from layerpolicy.config import recorded_settings
+from layerpolicy.errors import LayerpolicyError
+from layerpolicy.runs import atomic_path, read_json
+
+REPO = Path(__file__).resolve().parent.parent
+ENTROPY_OUTPUT, COMPARE_OUTPUT = "entropy_output.txt", "compare_output.txt"
+TOUR_FAMILY = "llama"  # the family whose raw run the Quick tour's entropy table shows
+TERMINAL_WIDTH = 100  # columns of the terminal the Quick tour's outputs are rendered for
+HEAD_ROWS, TAIL_ROWS, READING_LINES = 5, 4, 3  # what the Quick tour keeps of long outputs
+CUT = "…"
+
+
+# ------------------------------------------------------------------------------ commands
+
+
+def quick_tour(
+    raw: CompareResult, args: argparse.Namespace, out: Path, families: tuple[str, ...], batch: int
+) -> dict[str, Any]:
+    """The Quick tour's two outputs, rendered by the CLI's own code on the cached runs of
+    `families` (scored `batch` problems at a time), as the commands shown with them print them
+    (checked to name these very runs first)."""
+    run = raw.runs[list(raw.runs)[families.index(TOUR_FAMILY)]]
+    entropy = entropy_argv(args, read_json(run / "run.json")["model"]["name"], batch)
+    check_same_run(entropy, run)
+    with _terminal(TERMINAL_WIDTH), console.capture() as captured:
+        print_summary(lp.load_run(run))
+    _write_text(out / ENTROPY_OUTPUT, captured.get())
+    comparison = compare_argv(args, families, batch)
+    check_loads_cached(comparison, raw)
+    with _terminal(TERMINAL_WIDTH), _working_directory(REPO):
+        result = CliRunner().invoke(app, comparison)
+    if result.exit_code != 0:
+        raise LayerpolicyError(
+            f"`layerpolicy {shlex.join(comparison)}` failed: {result.exception}"
+        ) from result.exception
+    _write_text(out / COMPARE_OUTPUT, result.stdout)
+    return {
+        "entropy": {"family": TOUR_FAMILY, "command": "layerpolicy " + shlex.join(entropy)},
+        "compare": {
+            "command": "layerpolicy " + shlex.join(comparison),
+            "cache": shown(str(args.runs / "cache")),
+        },
+    }
+
+
+def entropy_argv(args: argparse.Namespace, model: str, batch: int) -> list[str]:
+    """`layerpolicy entropy` arguments of one model's run under the protocol."""
+    return ["entropy", "--model", model, *_protocol_options(args, batch)]
+
+
+def compare_argv(args: argparse.Namespace, families: tuple[str, ...], batch: int) -> list[str]:
+    """`layerpolicy compare` arguments that load make_figures' `family_runs(args)` of `families`
+    from the cache (run in the repository; --cache and --out only where `--runs` is not the
+    repository's runs/)."""
+    argv = ["compare", *families, *_protocol_options(args, batch), "--offline"]
+    if args.runs.resolve() != (REPO / "runs").resolve():
+        where = args.runs / f"compare-{'-'.join(families)}"
+        argv += ["--cache", shown(str(args.runs / "cache")), "--out", shown(str(where))]
+    return argv
+
+
+def _protocol_options(args: argparse.Namespace, batch: int) -> list[str]:
+    limit, generate = str(args.limit), str(args.generate)
+    return ["--prompts", shown(args.prompts), "--limit", limit, "--generate", generate,
+            "--batch-size", str(batch)]  # fmt: skip
+
+
+def cli_params(argv: list[str]) -> dict[str, Any]:
+    """The parsed parameters of a `layerpolicy` command line (parsed by click, not run)."""
+    group = typer.main.get_command(app)
+    command = group.get_command(typer.Context(group), argv[0])
+    if command is None:
+        raise LayerpolicyError(f"no layerpolicy command {argv[0]!r}")
+    return command.make_context(argv[0], list(argv[1:])).params
+
+
+def check_same_run(argv: list[str], run: Path) -> None:
+    """Raise unless the `layerpolicy entropy` command `argv` has the settings of `run`."""
+    params = cli_params(argv)
+    prompts, config = options.prompt_config(params), options.analysis_config(params)
+    settings = {
+        "model": options.model_config(params).resolve().name,
+        "prompts_sha256": prompts.load().sha256,
+        **recorded_settings(prompts, config),
+    }
+    if settings != read_json(run / "run.json")["settings"]:
+        raise LayerpolicyError(
+            f"`layerpolicy {shlex.join(argv)}` has other settings than {shown(str(run))}; make "
+            "entropy_argv() match family_runs()"
+        )
+
+
+def check_loads_cached(argv: list[str], result: CompareResult) -> None:
+    """Raise unless the `layerpolicy compare` command `argv`, run in the repository, loads the
+    runs of `result` from its cache (instead of analysing anything)."""
+    params = cli_params(argv)
+    prompts, config = options.prompt_config(params), options.analysis_config(params)
+    sha256 = prompts.load().sha256
+    cached = set()
+    for spec in params["specs"]:
+        source = options.model_config(params, spec=spec).resolve()
+        name = cache_name(source.name, source.location, sha256, prompts, config)
+        cached.add((REPO / params["cache"] / name).resolve())
+    if cached != {Path(p).resolve() for p in result.runs.values()}:
+        raise LayerpolicyError(
+            f"`layerpolicy {shlex.join(argv)}` would not load the cached runs of "
+            "family_runs(); make compare_argv() match it"
+        )
+
+
+def shown(source: str) -> str:
+    """A prompt source as a command takes it: a named set as is, a file relative to the repository
+    when it lies in it."""
+    path = Path(source)
+    if not path.exists():
+        return source
+    resolved = path.resolve()
+    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else source
+
+
+@contextlib.contextmanager
+def _terminal(width: int) -> Iterator[None]:
+    """The CLI's consoles `width` columns wide, as on a terminal of that width."""
+    saved = [(c, c._width) for c in (console, err_console)]
+    for c, _ in saved:
+        c.width = width
+    try:
+        yield
+    finally:
+        for c, before in saved:
+            c._width = before
+
+
+@contextlib.contextmanager
+def _working_directory(directory: Path) -> Iterator[None]:
+    before = Path.cwd()
+    os.chdir(directory)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """`text` as a terminal shows it (no escape codes, no trailing blanks), written atomically."""
+    plain = re.sub(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)", "", text)
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(line.rstrip() for line in plain.splitlines()) + "\n")
+
+
+# ------------------------------------------------------------------------------ README blocks
+
+
+def render_entropy_tour(figures_dir: Path) -> str:
+    """The Quick tour's single-model block: what it costs, the command, its table (cut)."""
+    record = read_json(figures_dir / RECORD)
+    tour = record["quick_tour"]["entropy"]
+    model = record["models"][tour["family"]]
+    lines = (figures_dir / ENTROPY_OUTPUT).read_text().splitlines()
+    intro = (
+        f"One model's profile ({duration(model['seconds']['raw'])} to sample and score "
+        f"{record['prompts']['n_problems']} {record['prompts']['title']} problems on "
+        f"{device_phrase(model['device'])}): residual entropy with its 95% CI, the entropy "
+        "change of attention and MLP, and KL(π_θ ‖ π^l):"
+    )
+    return (
+        f"{wrap(intro)}\n\n```bash\n{tour['command']}\n```\n\n```text\n"
+        + "\n".join(cut_table(lines, HEAD_ROWS, TAIL_ROWS))
+        + "\n```"
+    )
+
+
+def render_compare_tour(figures_dir: Path) -> str:
+    """The Quick tour's comparison block: the command and its output (cut)."""
+    record = read_json(figures_dir / RECORD)
+    tour = record["quick_tour"]["compare"]
+    lines = (figures_dir / COMPARE_OUTPUT).read_text().splitlines()
+    ends = [i for i, line in enumerate(lines) if line.startswith("└")]
+    head = ends[0] + 1 + READING_LINES if ends else len(lines)
+    tail = next(
+        (len(lines) - i for i, line in enumerate(lines) if line.startswith("results in")), 0
+    )
+    intro = (
+        f"Two families on the same problems (the runs are cached under `{tour['cache']}/`, so "
+        "this repeat only loads them):"
+    )
+    return (
+        f"{wrap(intro)}\n\n```bash\n{tour['command']}\n```\n\n```text\n"
+        + "\n".join(keep_ends(lines, head, tail))
+        + "\n```"
+    )
+
+
+def keep_ends(lines: list[str], head: int, tail: int, marker: str = CUT) -> list[str]:
+    """The first `head` and last `tail` lines with `marker` between (all when nothing is cut)."""
+    if head + tail >= len(lines) - 1:
+        return lines
+    return [*lines[:head], marker, *lines[len(lines) - tail :]]
+
+
+def cut_table(lines: list[str], head: int, tail: int) -> list[str]:
+    """A rich table keeping its first `head` and last `tail` body rows, an empty row marked `…`
+    in their place."""
+    starts = [i for i, line in enumerate(lines) if line.startswith("┡")]
+    ends = [i for i, line in enumerate(lines) if line.startswith("└")]
+    if not starts or not ends:
+        return lines
+    first, last = starts[0] + 1, ends[0]
+    if head + tail >= last - first - 1:
+        return lines
+    cells = lines[first].split("│")
+    blank = ["", *(" " * len(c) for c in cells[1:-1]), ""]
+    blank[1] = blank[1][:-2] + CUT + " "
+    return [*lines[: first + head], "│".join(blank), *lines[last - tail :]]
