@@ -87,19 +87,24 @@ def model_depth(model: str | LoadedModel, *, offline: bool | None = None) -> tup
     return int(config.num_hidden_layers), source.name
 
 
+def require_answers(prompt_set: PromptSet, needed_by: str) -> None:
+    """A one-line error naming the first prompt without a ground-truth answer, if any."""
+    missing = [item.id for item in prompt_set.items if not item.answer]
+    if missing:
+        raise PromptSourceError(
+            f"{len(missing)} of {len(prompt_set.items)} prompts in {prompt_set.source} have no "
+            f"answer (first: {missing[0]}); {needed_by} needs a ground-truth column "
+            f"({', '.join(ANSWER_COLUMNS)})"
+        )
+
+
 def training_prompts(
     prompts: str | Path | PromptSet | None, limit: int | None, per_step: int = 1
 ) -> PromptSet:
     """Load prompts and check that every one has a ground-truth answer for the reward, and that
     there are at least `per_step` of them (one rollout's distinct prompts)."""
     prompt_set = load_prompts(prompts, limit=limit)
-    missing = [item.id for item in prompt_set.items if not item.answer]
-    if missing:
-        raise PromptSourceError(
-            f"{len(missing)} of {len(prompt_set.items)} prompts in {prompt_set.source} have no "
-            f"answer (first: {missing[0]}); training needs a ground-truth column "
-            f"({', '.join(ANSWER_COLUMNS)})"
-        )
+    require_answers(prompt_set, "training")
     if len(prompt_set.items) < per_step:
         raise PromptSourceError(
             f"{len(prompt_set.items)} prompts cannot fill a step of {per_step} distinct prompts; "

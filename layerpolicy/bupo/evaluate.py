@@ -17,11 +17,12 @@ import numpy as np
 import pandas as pd
 from rich.progress import Progress
 
-from ..errors import LayerpolicyError, PromptSourceError
+from ..errors import LayerpolicyError
 from ..models import LoadedModel
-from ..prompts import ANSWER_COLUMNS, PromptItem, PromptSet
+from ..prompts import PromptItem, PromptSet
 from ..sampling import SamplingConfig, sample_items, stop_token_ids
 from ..tables.stats import bootstrap_ci
+from .data import require_answers
 from .reward import RewardFn, math_reward
 
 ROW_COLUMNS = ("prompt_id", "sample", "reward", "response_tokens", "stopped")
@@ -46,13 +47,7 @@ def solve_rates(
     prompt id and the sample index); responses are decoded without special tokens, as TRL hands
     completions to the reward during training. Rows come in prompt order, then sample index.
     """
-    missing = [item.id for item in prompt_set.items if not item.answer]
-    if missing:
-        raise PromptSourceError(
-            f"{len(missing)} of {len(prompt_set.items)} prompts in {prompt_set.source} have no "
-            f"answer (first: {missing[0]}); the reward needs a ground-truth column "
-            f"({', '.join(ANSWER_COLUMNS)})"
-        )
+    require_answers(prompt_set, "the reward")
     config = SamplingConfig(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
