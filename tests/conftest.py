@@ -59,3 +59,12 @@ def cache_dir(tmp_path, monkeypatch) -> Path:
     """An empty layerpolicy cache for one test."""
     monkeypatch.setenv("LAYERPOLICY_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread (and far faster on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-import torch
 
 from layerpolicy.bupo.evaluate import (
     ROW_COLUMNS,
@@ -20,6 +19,8 @@ from layerpolicy.models import load_model
 from layerpolicy.prompts import PromptItem, PromptSet, load_prompts
 from layerpolicy.runs import write_csv
 from layerpolicy.sampling import SamplingConfig, sample_items
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 STOPS = list(range(3, 30))  # many stop tokens, so that tiny random models stop early too
 
@@ -129,11 +130,3 @@ def test_sometimes_solved_keeps_mixed_prompts_in_prompt_order():
     rows = rows_of({"z": [1.0, 0.0], "a": [1.0, 1.0], "m": [0.0, 1.0, 1.0], "b": [0.0, 0.0]})
     assert sometimes_solved(rows) == ["z", "m"]
     assert sometimes_solved(rows_of({"a": [1.0], "b": [0.0]})) == []
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
