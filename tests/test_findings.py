@@ -102,6 +102,11 @@ def comparison_row(model: str, readout: str, **values) -> dict:
     return row
 
 
+def flat_findings(figures_dir: Path) -> str:
+    """The findings block rendered from `figures_dir`, with every run of whitespace one space."""
+    return " ".join(findings.render_findings(figures_dir).split())
+
+
 def built_figures(
     directory: Path, *, reward_ci=(0.021, 0.187), abruptness=(0.38, 0.006), screen=True
 ) -> Path:
@@ -275,14 +280,14 @@ def test_findings_table_holds_both_readouts_of_both_models(tmp_path):
 
 
 def test_findings_readings_and_contrast_come_from_the_numbers(tmp_path):
-    flat = " ".join(findings.render_findings(built_figures(tmp_path / "a")).split())
+    flat = flat_findings(built_figures(tmp_path / "a"))
     assert "**Raw readout.** qwen2.5-coder-0.5b-instruct (24 layers, raw readout)" in flat
     assert "at relative depth 0.917 (layer 22 of 24)" in flat
     assert "**Logit lens.** qwen2.5-coder-0.5b-instruct (24 layers, logit-lens readout)" in flat
     assert "abruptness is 0.006 for smollm2-135m-instruct against 0.380" in flat
     assert "(the reverse of the paper's order)" in flat
     swapped = built_figures(tmp_path / "b", abruptness=(0.1, 0.9))
-    flat = " ".join(findings.render_findings(swapped).split())
+    flat = flat_findings(swapped)
     assert "abruptness is 0.900 for smollm2-135m-instruct against 0.100" in flat
     assert "abruptness is 0.900 for smollm2-135m-instruct against 0.100 for " in flat
     assert "qwen2.5-coder-0.5b-instruct (the paper's order)" in flat
@@ -297,7 +302,7 @@ def test_findings_readings_and_contrast_come_from_the_numbers(tmp_path):
     ],
 )
 def test_bupo_reward_word_follows_its_paired_interval(tmp_path, ci, word):
-    flat = " ".join(findings.render_findings(built_figures(tmp_path / "f", reward_ci=ci)).split())
+    flat = flat_findings(built_figures(tmp_path / "f", reward_ci=ci))
     reward = (
         f"| reward (mean of per-prompt solve rates) | 0.312 [0.250, 0.375] | 0.417 [0.333, 0.500] "
         f"| +0.104 [{ci[0]:+.3f}, {ci[1]:+.3f}] | {word} |"
@@ -307,7 +312,7 @@ def test_bupo_reward_word_follows_its_paired_interval(tmp_path, ci, word):
 
 
 def test_bupo_section_states_settings_screen_layer_and_entropies(tmp_path):
-    flat = " ".join(findings.render_findings(built_figures(tmp_path / "f")).split())
+    flat = flat_findings(built_figures(tmp_path / "f"))
     assert "BuPO on smollm2-135m-instruct, GGUF Q4_1 (dequantised to float32): 40 rollouts" in flat
     assert "the first s_inter = 4 on the internal policy π^k" in flat
     assert "4 prompts × G = 8 responses of at most 96 tokens at T = 1" in flat
@@ -326,7 +331,7 @@ def test_bupo_section_states_settings_screen_layer_and_entropies(tmp_path):
         findings.render_findings(tmp_path / "f")
     )
     unscreened = built_figures(tmp_path / "g", screen=False)
-    assert "the first 32 of the built-in" in " ".join(findings.render_findings(unscreened).split())
+    assert "the first 32 of the built-in" in flat_findings(unscreened)
 
 
 def test_quick_tour_blocks_cut_long_outputs_where_marked(tmp_path):
