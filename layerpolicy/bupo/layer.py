@@ -5,17 +5,18 @@ from __future__ import annotations
 import pandas as pd
 
 from ..errors import LayerpolicyError
+from ..readout.layer_policy import check_layer as check_layer  # the one k-range check
 from ..tables.shape import boundary_layer, format_regions, module_regions
 
 
-def check_layer(layer: int, n_layers: int, name: str) -> int:
-    """`layer` if it is a trainable internal layer (1..L-1), else a one-line error."""
-    if not 1 <= layer < n_layers:
+def check_beta(beta: float, s_inter: int) -> None:
+    """One line unless beta is 0 whenever phase 1 runs (s_inter > 0): a KL term to a reference
+    acts on pi_theta, which phase 1 does not train."""
+    if beta != 0 and s_inter > 0:
         raise LayerpolicyError(
-            f"--layer must lie in 1..{n_layers - 1} for {name} ({n_layers} layers; "
-            f"layer {n_layers} is pi_theta without its final norm), got {layer}"
+            f"beta = {beta} adds a KL term to pi_theta, which phase 1 does not train; "
+            "use beta 0 with BuPO, or --inter-steps 0 for GRPO with KL"
         )
-    return layer
 
 
 def boundary_layer_from(summary: pd.DataFrame, n_layers: int) -> tuple[int, str]:

@@ -3,9 +3,10 @@
 The phase is chosen when a rollout buffer is generated and holds for the whole buffer: its old
 log-probs (when TRL computes them) and every update on it (`steps_per_generation` mini-batches x
 `num_iterations` passes, with any gradient accumulation) read the same policy. Phase "inter":
-log-probs of pi^k = softmax(H^k W_U / T), from the model's own forward stopped after block k
-(`layerpolicy.readout.layer_policy.stopped_after`), so blocks above k and the final norm get no
-gradient; TRL's vLLM importance-sampling correction is off (its ratio would compare pi^k with
+log-probs of pi^k = softmax(H^k W_U / T), from the model's own full forward with H^k fed to the
+LM head (`layerpolicy.readout.layer_policy.layer_readout`): every module runs as in phase 2 (the
+same module tree and sharding under DDP, FSDP2 and ZeRO-3), and blocks above k and the final norm
+get no gradient; TRL's vLLM importance-sampling correction is off (its ratio would compare pi^k with
 pi_theta's sampling log-probs). Phase "full": TRL's GRPO on pi_theta, unchanged.
 
 TRL internals relied on (docs/training.md): `_generate` samples a rollout and
@@ -29,10 +30,11 @@ from ..errors import LayerpolicyError
 from ..readout.layer_policy import (
     base_causal_lm,
     check_layer_readout,
+    layer_readout,
     layer_token_stats,
-    stopped_after,
 )
 from ..sampling import checkpoint_defaults_off, pure_generation_config
+from .layer import check_beta
 
 STATE_FILE = "bupo_state.json"
 
@@ -53,11 +55,7 @@ class BupoTrainer(GRPOTrainer):
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
-        if inter_rollouts > 0 and self.beta != 0.0:
-            raise LayerpolicyError(
-                f"beta = {self.beta} adds a KL term to pi_theta, which phase 1 does not train; "
-                "use beta 0 with BuPO, or --inter-steps 0 for GRPO with KL"
-            )
+        check_beta(self.beta, inter_rollouts)
         if inter_rollouts > 0 and self.off_policy_mask_threshold is not None:
             raise LayerpolicyError(
                 "off_policy_mask_threshold compares the ratio's policy with pi_theta's sampling "
@@ -109,7 +107,7 @@ class BupoTrainer(GRPOTrainer):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         if self.buffer_phase != "inter" or model is self.ref_model:
             return super()._get_per_token_logps_and_entropies(model, input_ids, *args, **kwargs)
-        with stopped_after(self.accelerator.unwrap_model(model), self.layer):
+        with layer_readout(self.accelerator.unwrap_model(model), self.layer):
             return super()._get_per_token_logps_and_entropies(model, input_ids, *args, **kwargs)
 
     @torch.no_grad()

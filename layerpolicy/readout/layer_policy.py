@@ -3,10 +3,10 @@
 pi^k = softmax(H^k W_U / T): H^k is the raw residual after block k (1-based, no norm), W_U the
 model's own unembedding, T the rollout temperature (1 in the paper). Two entry points:
 
-- `stopped_after(model, k)`: within it the decoder runs blocks 1..k only and skips its final
-  norm, so the model's own forward (through any DDP / FSDP / DeepSpeed wrapper) yields H^k as
-  its last hidden state and its LM head forms pi^k's logits. Nothing above block k and not the
-  final norm takes part in that forward, so autograd gives them no gradient.
+- `layer_readout(model, k)`: within it the model's own full forward (through any DDP / FSDP /
+  DeepSpeed wrapper, every module in its usual order) feeds H^k to the LM head in place of the
+  final norm's output, so the logits are pi^k's. The blocks above k and the final norm run but
+  are outside the loss's graph, so autograd gives them no gradient.
 - `layer_token_stats(...)`: per response token, from one forward without gradients, the
   entropies of pi_theta and pi^k and KL(pi_theta || pi^k), read through `Unembedding` in float32.
 """
@@ -37,16 +37,21 @@ def n_blocks(model: torch.nn.Module) -> int:
     return len(_decoder(base_causal_lm(model)).layers)
 
 
+def check_layer(layer: int, n_layers: int, name: str) -> int:
+    """`layer` if it is a trainable internal layer (1..L-1), else a one-line error."""
+    if not 1 <= layer < n_layers:
+        raise LayerpolicyError(
+            f"--layer must lie in 1..{n_layers - 1} for {name} ({n_layers} layers; "
+            f"layer {n_layers} is pi_theta without its final norm), got {layer}"
+        )
+    return layer
+
+
 def check_layer_readout(model: torch.nn.Module, layer: int) -> None:
     """Raise one line unless pi^layer can be read: 1 <= layer < L and no logit scaling that the
     model's LM head applies on top of x W_U (soft-cap, logit scale)."""
     hf_model = base_causal_lm(model)
-    total = n_blocks(hf_model)
-    if not 1 <= layer < total:
-        raise LayerpolicyError(
-            f"--layer must lie in 1..{total - 1} ({total} layers; layer {total} is pi_theta "
-            f"without its final norm), got {layer}"
-        )
+    check_layer(layer, n_blocks(hf_model), type(hf_model).__name__)
     config = hf_model.config.get_text_config()
     scaled = [
         name
@@ -61,22 +66,36 @@ def check_layer_readout(model: torch.nn.Module, layer: int) -> None:
 
 
 @contextmanager
-def stopped_after(model: torch.nn.Module, layer: int) -> Iterator[None]:
-    """Make the decoder compute H^layer: blocks 1..layer, then no final norm (restored on exit).
+def layer_readout(model: torch.nn.Module, layer: int) -> Iterator[None]:
+    """Make the model's logits H^layer W_U (+ bias): the full forward, H^layer in place of the
+    final norm's output (hooks, removed on exit).
 
-    Inside, `model(...)`'s last hidden state is H^layer [B, T, d] and its logits are
-    H^layer W_U (+ bias); the blocks above and the final norm are not called.
+    Every module runs, in the same order and with the same sharding as outside (DDP, FSDP2 and
+    ZeRO-3 see the same module tree in both phases). The block `layer` (1-based) hands its output
+    H^layer [B, T, d] to the final norm's output, so the LM head (and any logits_to_keep slice)
+    reads the raw residual after block `layer`; the blocks above and the final norm are outside
+    the loss's graph and get no gradient (their grads stay None).
     """
-    decoder = _decoder(base_causal_lm(model))
-    blocks, norm_name = decoder.layers, _norm_attribute(base_causal_lm(model), decoder)
-    norm = getattr(decoder, norm_name)
-    decoder.layers = torch.nn.ModuleList(list(blocks)[:layer])
-    setattr(decoder, norm_name, torch.nn.Identity())
+    hf_model = base_causal_lm(model)
+    block = _decoder(hf_model).layers[layer - 1]
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture(_module: Any, _args: Any, output: Any) -> None:
+        captured["h"] = output[0] if isinstance(output, tuple) else output
+
+    def substitute(_module: Any, _args: Any, output: torch.Tensor) -> torch.Tensor:
+        return captured.pop("h")
+
+    hooks = [
+        block.register_forward_hook(capture),
+        find_final_norm(hf_model).register_forward_hook(substitute),
+    ]
     try:
         yield
     finally:
-        decoder.layers = blocks
-        setattr(decoder, norm_name, norm)
+        for hook in hooks:
+            hook.remove()
+        captured.clear()
 
 
 @torch.no_grad()
@@ -136,15 +155,6 @@ def _decoder(hf_model: torch.nn.Module) -> torch.nn.Module:
             "layer policy supports Llama-style decoders (Llama, Qwen, Mistral, SmolLM, ...)"
         )
     return decoder
-
-
-def _norm_attribute(hf_model: torch.nn.Module, decoder: torch.nn.Module) -> str:
-    """The attribute name of the decoder's final norm."""
-    norm = find_final_norm(hf_model)
-    for name, child in decoder.named_children():
-        if child is norm:
-            return name
-    raise LayerpolicyError(f"cannot find the final norm of {type(decoder).__name__}")
 
 
 def _full_head(model: torch.nn.Module) -> Any:
