@@ -1,4 +1,7 @@
-"""The analysis API: a model and prompts in; token table, per-prompt means, summary, figures out."""
+"""The analysis API: a run specification in; token table, per-prompt means and summary out.
+
+Figures are drawn by the caller from the result (`layerpolicy.report.run_figures`).
+"""
 
 from __future__ import annotations
 
@@ -11,18 +14,18 @@ from typing import Any
 
 import pandas as pd
 
-from .config import AnalysisConfig, ModelConfig, PromptConfig, recorded_settings
+from .config import AnalysisConfig, ModelConfig, PromptConfig
 from .errors import LayerpolicyError
 from .models import LoadedModel
 from .parallel import Shard, current_shard, parallel_record, run_sharded
 from .prompt_scoring import sampling_config, score_prompts
 from .prompts import PromptSet, thinking_mode
-from .report import run_figures
 from .report.view import MAX_PROMPTS, Report, build_report
-from .runs import RunDirectory, versions, write_csv, write_parquet
+from .runs import RunDirectory, write_csv, write_parquet
+from .spec import RunSpec, check_format
 from .tables import shape, stats
 
-__all__ = ["AnalysisConfig", "AnalysisResult", "analyse", "load_run"]
+__all__ = ["AnalysisConfig", "AnalysisResult", "RunSpec", "analyse", "load_run"]
 
 
 @dataclass
@@ -55,23 +58,20 @@ class AnalysisResult:
 
 @dataclass(frozen=True)
 class _Job:
-    """One analysis: what to load, which prompts, how to read them out, and its settings."""
+    """One analysis: its spec, the prompts it names, the model (given or to load), settings."""
 
-    model: ModelConfig | LoadedModel
-    prompts: PromptConfig
+    spec: RunSpec
     prompt_set: PromptSet
-    config: AnalysisConfig
     settings: dict[str, Any]
     progress: bool
+    loaded: LoadedModel | None = None
 
     def load(self) -> LoadedModel:
-        if isinstance(self.model, LoadedModel):
-            return self.model
-        return self.model.load(progress=self.progress)
+        return self.loaded or self.spec.model.load(progress=self.progress)
 
 
 def analyse(
-    model: str | ModelConfig | LoadedModel,
+    spec: RunSpec | str | ModelConfig | LoadedModel,
     prompts: str | Path | PromptSet | PromptConfig | None = None,
     *,
     config: AnalysisConfig | None = None,
@@ -82,71 +82,90 @@ def analyse(
     dtype: str | None = None,
     offline: bool | None = None,
     progress: bool = True,
-    figures: bool = True,
 ) -> AnalysisResult:
-    """Score `prompts` with every internal policy of `model`.
+    """Score the prompts of `spec` with every internal policy of its model.
 
-    With `out`, results go to a resumable run directory held under an OS lock: rerunning
-    continues from the finished prompts; a finished run is recognised (without loading the model)
-    and loaded, unless `force`; a second process on the same `out` waits for the first and then
-    loads its run. Under `accelerate launch --num_processes N` every process scores a contiguous
-    shard of the prompts and the main process merges them (layerpolicy.parallel).
+    `spec` is a RunSpec; a model (spec string, ModelConfig or LoadedModel) with `prompts`,
+    `config`, `limit`, `device`, `dtype` and `offline` stands for the RunSpec they make (a
+    LoadedModel is scored as it is). With `out`, results go to a resumable run directory held
+    under an OS lock: rerunning continues from the finished prompts; a finished run is
+    recognised (without loading the model) and loaded, unless `force`; a second process on the
+    same `out` waits for the first and then loads its run. Under `accelerate launch
+    --num_processes N` every process scores a contiguous shard of the prompts and the main
+    process merges them (layerpolicy.parallel).
     """
-    if not isinstance(model, (ModelConfig, LoadedModel)):
-        model = ModelConfig(model, device=device, dtype=dtype or "float32", offline=offline)
-    prompt_config = PromptConfig.of(prompts, limit)
-    prompt_set = prompt_config.load()
-    config = config or AnalysisConfig()
-    name = model.info.name if isinstance(model, LoadedModel) else model.resolve().name
-    settings = _settings(name, prompt_set, prompt_config, config)
-    job = _Job(model, prompt_config, prompt_set, config, settings, progress)
+    loaded = spec if isinstance(spec, LoadedModel) else None
+    if not isinstance(spec, RunSpec):
+        spec = _spec_of(spec, prompts, config, limit, device, dtype, offline)
+    elif prompts is not None or config is not None or limit is not None:
+        raise LayerpolicyError("a RunSpec holds its prompts and settings; pass it alone")
+    prompt_set = spec.prompts.load()
+    name = loaded.info.name if loaded is not None else spec.model.resolve().name
+    settings = spec.settings(prompt_set.sha256, model_name=name)
+    job = _Job(spec, prompt_set, settings, progress, loaded)
     if out is None:
         frames: list[pd.DataFrame] = []
-        loaded = job.load()
-        record = _record(loaded, job)
+        model = job.load()
+        record = _record(model, job)
         truncated, checks = score_prompts(
-            loaded, prompt_set.items, prompt_config, config, frames.append, progress=progress
+            model, prompt_set.items, spec.prompts, spec.analysis, frames.append, progress=progress
         )
-        result = _summarise(_concat(frames), record, config)
+        result = _summarise(_concat(frames), record, spec.analysis)
         result.record.update(truncated_prompts=truncated, readout_checks=checks)
         return result
     run = RunDirectory(out)
+    run.ensure()
     shard = current_shard()
     if not force and run.is_complete():
         run.check_settings(settings)
         return load_run(run.path)
     if shard.parallel:
-        return _analyse_shard(job, run, shard, force=force, figures=figures)
+        return _analyse_shard(job, run, shard, force=force)
     with run.lock():
         if not force and run.is_complete():  # finished by the process this one waited for
             run.check_settings(settings)
             return load_run(run.path)
         if not force:
             run.check_settings(settings)
-        loaded = job.load()
-        record = _record(loaded, job)
+        model = job.load()
+        record = _record(model, job)
         run.start(record, force=force)
         done = run.finished_prompt_ids()
         started = time.perf_counter()
         todo = [item for item in prompt_set.items if item.id not in done]
         truncated, checks = score_prompts(
-            loaded, todo, prompt_config, config, run.write_part, progress=progress
+            model, todo, spec.prompts, spec.analysis, run.write_part, progress=progress
         )
-        result = _summarise(run.merged_tokens(_ids(prompt_set)), record, config)
+        result = _summarise(run.merged_tokens(_ids(prompt_set)), record, spec.analysis)
         result.record["timings"] = {"score_s": round(time.perf_counter() - started, 3)}
         result.record.update(truncated_prompts=truncated, readout_checks=checks)
-        _write_results(run, result, figures, loaded.info.vocab_size)
+        _write_results(run, result)
     return result
 
 
-def _analyse_shard(
-    job: _Job, run: RunDirectory, shard: Shard, *, force: bool, figures: bool
-) -> AnalysisResult:
+def _spec_of(
+    model: str | ModelConfig | LoadedModel,
+    prompts: str | Path | PromptSet | PromptConfig | None,
+    config: AnalysisConfig | None,
+    limit: int | None,
+    device: str,
+    dtype: str | None,
+    offline: bool | None,
+) -> RunSpec:
+    """The RunSpec the keyword form of `analyse` names."""
+    if isinstance(model, LoadedModel):
+        model = ModelConfig(model.info.spec, dtype=model.info.dtype)
+    elif not isinstance(model, ModelConfig):
+        model = ModelConfig(model, device=device, dtype=dtype or "float32", offline=offline)
+    return RunSpec(model, PromptConfig.of(prompts, limit), config or AnalysisConfig())
+
+
+def _analyse_shard(job: _Job, run: RunDirectory, shard: Shard, *, force: bool) -> AnalysisResult:
     """This rank's shard of a data-parallel launch; every rank returns the merged tables."""
-    if isinstance(job.model, ModelConfig) and job.model.device_map is None:
-        job = dataclasses.replace(
-            job, model=dataclasses.replace(job.model, device=shard.device(job.model.device))
-        )
+    model = job.spec.model
+    if job.loaded is None and model.device_map is None:
+        on_shard = dataclasses.replace(model, device=shard.device(model.device))
+        job = dataclasses.replace(job, spec=job.spec.replace(model=on_shard))
     held: dict[str, Any] = {}
 
     def score(todo: list[str], prefix: str) -> dict[str, Any]:
@@ -157,19 +176,19 @@ def _analyse_shard(
         started = time.perf_counter()
         write = functools.partial(run.write_part, prefix=prefix)
         truncated, checks = score_prompts(
-            loaded, items, job.prompts, job.config, write, progress=job.progress
+            loaded, items, job.spec.prompts, job.spec.analysis, write, progress=job.progress
         )
         score_s = round(time.perf_counter() - started, 3)
         return {"truncated": truncated, "score_s": score_s, "readout_checks": checks}
 
     def merge(records: list[dict[str, Any]]) -> None:
         tokens = run.merged_tokens(_ids(job.prompt_set))
-        result = _summarise(tokens, held["record"], job.config)
+        result = _summarise(tokens, held["record"], job.spec.analysis)
         result.record["timings"] = {"score_s": max(r["score_s"] for r in records)}
         result.record["truncated_prompts"] = sum(r["truncated"] for r in records)
         result.record["readout_checks"] = _first_checked([r["readout_checks"] for r in records])
         result.record["parallel"] = parallel_record(records)
-        _write_results(run, result, figures, held["model"].info.vocab_size)
+        _write_results(run, result)
         held["result"] = result
 
     run_sharded(
@@ -193,31 +212,17 @@ def _ids(prompt_set: PromptSet) -> list[str]:
     return [item.id for item in prompt_set.items]
 
 
-def _settings(
-    model_name: str, prompt_set: PromptSet, prompts: PromptConfig, config: AnalysisConfig
-) -> dict[str, Any]:
-    """What must match for a run directory to be resumed or reused."""
-    return {
-        "model": model_name,
-        "prompts_sha256": prompt_set.sha256,
-        **recorded_settings(prompts, config),
-    }
-
-
 def _record(model: LoadedModel, job: _Job) -> dict[str, Any]:
-    thinking = thinking_mode(
-        model.tokenizer, job.prompts.thinking, chat_template=job.prompts.chat_template
-    )
-    sampling = sampling_config(job.prompts, job.config) if job.prompts.generate else None
+    prompts = job.spec.prompts
+    thinking = thinking_mode(model.tokenizer, prompts.thinking, chat_template=prompts.chat_template)
+    sampling = sampling_config(prompts, job.spec.analysis) if prompts.generate else None
     return {
-        "kind": "entropy",
+        **job.spec.header(job.prompt_set.sha256, model_name=model.info.name),
         "model": model.info.to_dict(),
         "prompts": {**job.prompt_set.record(), "thinking": thinking},
         "sampling": sampling.record(thinking) if sampling is not None else None,
-        "settings": job.settings,
         "kl_direction": "KL(pi_theta || readout)",
         "entropy_unit": "nats",
-        "versions": versions(),
     }
 
 
@@ -241,32 +246,28 @@ def _summarise(
     return AnalysisResult(tokens, means, summary, record)
 
 
-def _write_results(
-    run: RunDirectory, result: AnalysisResult, figures: bool, vocab_size: int
-) -> None:
+def _write_results(run: RunDirectory, result: AnalysisResult) -> None:
     write_parquet(result.tokens, run.tokens_path)
     write_parquet(result.prompt_means, run.prompt_means_path)
     write_csv(result.summary, run.summary_path)
     result.path = run.path
-    if figures:
-        result.figures = run_figures(result, run.path / "figures", vocab_size=vocab_size)
-    shape_stats = shape.shape_statistics(result.summary)
-    run.finish({**result.record, "shape": shape_stats, "figures": [str(p) for p in result.figures]})
+    run.finish({**result.record, "shape": shape.shape_statistics(result.summary)})
     result.record = run.record()
 
 
 def load_run(path: str | Path) -> AnalysisResult:
-    """Load a finished run directory's tables (runs of any age: older ones named the per-prompt
-    means prompts.parquet)."""
+    """Load a finished run directory's tables (and the figures drawn into it). A run of another
+    format, or one whose tables are missing or damaged, is one line naming the fix."""
     run = RunDirectory(path)
     if not run.is_complete():
         raise LayerpolicyError(
             f"{run.path} is not a finished layerpolicy run; rerun `layerpolicy entropy` with "
             "--out pointing at it to resume"
         )
-    tokens = pd.read_parquet(run.tokens_path)
-    means = pd.read_parquet(run.prompt_means_source())
-    summary = pd.read_csv(run.summary_path)
     record = run.record()
-    figures = [Path(p) for p in record.get("figures", [])]
+    check_format(record, f"{run.path} holds a run")
+    tokens = run.read_table(run.tokens_path)
+    means = run.read_table(run.prompt_means_path)
+    summary = run.read_table(run.summary_path)
+    figures = sorted((run.path / "figures").glob("*.*"))
     return AnalysisResult(tokens, means, summary, record, run.path, figures)

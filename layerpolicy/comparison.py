@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +25,12 @@ import pandas as pd
 
 from . import report
 from .analysis import AnalysisResult, analyse, load_run
-from .config import AnalysisConfig, ModelConfig, PromptConfig, recorded_settings
+from .config import AnalysisConfig, ModelConfig, PromptConfig
 from .errors import LayerpolicyError, RunDirectoryError
 from .parallel import current_shard
 from .prompts import PromptSet
 from .runs import RunDirectory, atomic_path, read_json, write_csv
+from .spec import RunSpec
 from .tables.comparison import comparison_notes, comparison_table, run_readout
 from .tables.difference import difference
 from .tables.reading import reading
@@ -69,7 +68,7 @@ class _Entry:
 
 def compare(
     specs: Sequence[str | Path | ModelConfig],
-    prompts: str | Path | PromptSet | PromptConfig | None = None,
+    prompts: RunSpec | str | Path | PromptSet | PromptConfig | None = None,
     *,
     config: AnalysisConfig | None = None,
     out: str | Path | None = None,
@@ -84,9 +83,11 @@ def compare(
 ) -> CompareResult:
     """Analyse or load every spec, then tabulate, read and (with `out`) draw the comparison.
 
-    Models are analysed with `prompts` (and `limit`) and `config` into `cache`/<model>-<readout>-
-    <prompt hash>-<settings hash> and reused when that run is finished (`force` recomputes). A
-    string spec is loaded on `device` with `offline`; a ModelConfig carries its own. Run
+    `prompts` may be a RunSpec: its prompts and analysis settings (then not `config` or `limit`)
+    and its model's device, dtype and offline for the string specs. Models are analysed with
+    `prompts` (and `limit`) and `config` into `cache`/<model>-<readout>-<prompt hash>-<settings
+    hash> (`RunSpec.key`) and reused when that run is finished (`force` recomputes). A string
+    spec is loaded on `device` with `offline`; a ModelConfig carries its own. Run
     directories are loaded as they are. Readouts must match unless `allow_mixed_readouts`.
     `x` ("rel_depth" or "layer") is the figures' depth axis. With `out`, writes comparison.csv,
     comparison.md, figures/ and, for a before/after pair, difference.csv, holding `out`'s lock
@@ -94,20 +95,21 @@ def compare(
     """
     if x not in X_AXES:
         raise LayerpolicyError(f"x must be one of {', '.join(X_AXES)}, got {x!r}")
-    config = config or AnalysisConfig()
-    models = [_model_config(spec, device, offline) for spec in specs]
+    base = _base_spec(prompts, config, limit, device, offline)
+    config = base.analysis
+    models = [_model_config(spec, base.model) for spec in specs]
     targets = [_run_dirs(m.spec) or m for m in models]
     if sum(len(t) if isinstance(t, list) else 1 for t in targets) < 2:
         raise LayerpolicyError(
             "compare needs at least two models or run directories (or one training run "
             "directory with before/ and after/ inside)"
         )
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise RunDirectoryError(f"--out {out} is a file, not a directory; choose another --out")
+    if out is not None:
+        RunDirectory(out).check_not_file()
     given = [load_run(p) for t in targets if isinstance(t, list) for p in t]
     has_models = any(isinstance(t, ModelConfig) for t in targets)
     _check_readouts(given, config.readout if has_models else None, allow_mixed_readouts)
-    prompt_config = PromptConfig.of(prompts, limit)
+    prompt_config = base.prompts
     writer = out is not None and current_shard().is_main
     with RunDirectory(out).lock() if writer else contextlib.nullcontext():
         prompt_set: PromptSet | None = None
@@ -119,11 +121,8 @@ def compare(
             if prompt_set is None:  # loaded once, and only when a model is scored
                 prompt_set = prompt_config.load()
                 prompt_config = dataclasses.replace(prompt_config, source=prompt_set, limit=None)
-            entries.append(
-                _analysed_entry(
-                    target, prompt_config, prompt_set.sha256, config, Path(cache), progress, force
-                )
-            )
+            spec = base.replace(model=target, prompts=prompt_config)
+            entries.append(_analysed_entry(spec, prompt_set.sha256, Path(cache), progress, force))
         return _finish(entries, x, Path(out) if writer else None)
 
 
@@ -157,11 +156,27 @@ def _finish(entries: list[_Entry], x: str, out: Path | None) -> CompareResult:
 # ---------------------------------------------------------------------------- specs and runs
 
 
-def _model_config(spec: str | Path | ModelConfig, device: str, offline: bool | None) -> ModelConfig:
-    """A ModelConfig as it is; a model or run directory spec on `device` with `offline`."""
+def _base_spec(
+    prompts: RunSpec | str | Path | PromptSet | PromptConfig | None,
+    config: AnalysisConfig | None,
+    limit: int | None,
+    device: str,
+    offline: bool | None,
+) -> RunSpec:
+    """The spec every model of the comparison is analysed with (its model: the defaults)."""
+    if isinstance(prompts, RunSpec):
+        if config is not None or limit is not None:
+            raise LayerpolicyError("a RunSpec holds its prompts and settings; pass it alone")
+        return prompts
+    model = ModelConfig(device=device, offline=offline)
+    return RunSpec(model, PromptConfig.of(prompts, limit), config or AnalysisConfig())
+
+
+def _model_config(spec: str | Path | ModelConfig, base: ModelConfig) -> ModelConfig:
+    """A ModelConfig as it is; a model or run directory spec with the base model's settings."""
     if isinstance(spec, ModelConfig):
         return spec
-    return ModelConfig(spec=str(spec), device=device, offline=offline)
+    return dataclasses.replace(base, spec=str(spec))
 
 
 def _run_dirs(spec: str) -> list[Path] | None:
@@ -221,48 +236,23 @@ def _given_entry(result: AnalysisResult) -> _Entry:
 
 
 def _analysed_entry(
-    model: ModelConfig,
-    prompts: PromptConfig,
-    prompts_sha256: str,
-    config: AnalysisConfig,
-    cache: Path,
-    progress: bool,
-    force: bool,
+    spec: RunSpec, prompts_sha256: str, cache: Path, progress: bool, force: bool
 ) -> _Entry:
-    """Analyse `model` into its cache directory (loaded, not recomputed, when finished)."""
-    source = model.resolve()
-    name = cache_name(source.name, source.location, prompts_sha256, prompts, config)
+    """Analyse `spec` into its cache directory (loaded, not recomputed, when finished)."""
+    source = spec.model.resolve()
+    name = cache_name(spec, source.name, source.location, prompts_sha256)
     # Resolve again exactly as here: offline unless the hub was chosen (so no fallback flips).
-    pinned = dataclasses.replace(model, offline=source.kind != "hub")
-    result = analyse(
-        pinned,
-        prompts,
-        config=config,
-        out=cache / name,
-        force=force,
-        progress=progress,
-        figures=False,  # the cache keeps tables; the comparison draws its own figures
-    )
+    pinned = spec.replace(offline=source.kind != "hub")
+    result = analyse(pinned, out=cache / name, force=force, progress=progress)
     return _Entry(result, given_run=False, note=source.note)
 
 
-def cache_name(
-    model: str,
-    location: str,
-    prompts_sha256: str,
-    prompts: PromptConfig,
-    config: AnalysisConfig,
-) -> str:
-    """`<model>-<readout>-<prompt hash[:8]>-<settings hash[:8]>`: one directory per settings."""
-    settings = {
-        "model": model,
-        "location": location,
-        "prompts_sha256": prompts_sha256,
-        **recorded_settings(prompts, config),
-    }
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+def cache_name(spec: RunSpec, model: str, location: str, prompts_sha256: str) -> str:
+    """`<model>-<readout>-<prompt hash[:8]>-<settings hash[:8]>`: one directory per settings
+    (`model`, `location`: the resolved model's name and where it is)."""
+    digest = spec.key(prompts_sha256, model_name=model, location=location)
     safe = model.replace("/", "_").replace(" ", "_")
-    return f"{safe}-{config.readout}-{prompts_sha256[:8]}-{digest[:8]}"
+    return f"{safe}-{spec.analysis.readout}-{prompts_sha256[:8]}-{digest[:8]}"
 
 
 def _labels(results: list[AnalysisResult]) -> list[str]:

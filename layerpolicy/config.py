@@ -11,7 +11,7 @@ input with the same one-line `LayerpolicyError` before anything heavy is loaded.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,15 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SAMPLERS = ("hf", "vllm")
 DEFAULT_TOP_K = 5
+
+
+def setting(*, recorded: bool = True, flag: str | None = "", key: str = "") -> dict[str, Any]:
+    """The metadata of a config field: how runs treat it (read by `layerpolicy.spec`).
+
+    recorded: it changes results, so run.json records it and it is part of the cache key.
+    flag: its command-line flag ("" = --field-name; None = none; for a bool, the flag that sets
+    the non-default value). key: its name in the recorded settings ("" = the field's name)."""
+    return {"recorded": recorded, "flag": flag, "key": key}
 
 
 def check_choice(name: str, value: object, choices: Iterable[str]) -> None:
@@ -60,12 +69,16 @@ class ModelConfig:
     {0: "20GiB", "cpu": "64GiB"}. Devices are checked against this machine's.
     """
 
-    spec: str = DEFAULT_MODEL
-    device: str = "auto"
-    dtype: str | torch.dtype = "float32"
-    offline: bool | None = None
-    device_map: str | Mapping[str, Any] | None = None
-    max_memory: Mapping[int | str, int | str] | str | None = None
+    spec: str = field(default=DEFAULT_MODEL, metadata=setting(flag="--model", key="model"))
+    device: str = field(default="auto", metadata=setting(recorded=False))
+    dtype: str | torch.dtype = field(default="float32", metadata=setting())
+    offline: bool | None = field(default=None, metadata=setting(recorded=False))
+    device_map: str | Mapping[str, Any] | None = field(
+        default=None, metadata=setting(recorded=False)
+    )
+    max_memory: Mapping[int | str, int | str] | str | None = field(
+        default=None, metadata=setting(recorded=False)
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.dtype, str):  # a torch.dtype: recorded and checked by its name
@@ -113,17 +126,20 @@ class PromptConfig:
     `sampler` (hf | vllm) and score the response only.
     """
 
-    source: str | Path | PromptSet | None = None
-    limit: int | None = None
-    column: str | None = None
-    response_column: str | None = None
-    answer_column: str | None = None
-    chat_template: bool = True
-    thinking: bool = False
-    max_tokens: int | None = 1024
-    generate: int | None = None
-    temperature: float = 1.0
-    sampler: str = "hf"
+    # the prompts themselves are recorded by their hash (prompts_sha256), not by these fields
+    source: str | Path | PromptSet | None = field(
+        default=None, metadata=setting(recorded=False, flag="--prompts")
+    )
+    limit: int | None = field(default=None, metadata=setting(recorded=False))
+    column: str | None = field(default=None, metadata=setting(recorded=False))
+    response_column: str | None = field(default=None, metadata=setting(recorded=False))
+    answer_column: str | None = field(default=None, metadata=setting(recorded=False, flag=None))
+    chat_template: bool = field(default=True, metadata=setting(flag="--no-chat-template"))
+    thinking: bool = field(default=False, metadata=setting())
+    max_tokens: int | None = field(default=1024, metadata=setting())
+    generate: int | None = field(default=None, metadata=setting())
+    temperature: float = field(default=1.0, metadata=setting())
+    sampler: str = field(default="hf", metadata=setting())
 
     def __post_init__(self) -> None:
         check_at_least("limit", self.limit, 1, optional=True)
@@ -162,21 +178,6 @@ class PromptConfig:
             answer_column=self.answer_column,
         )
 
-    def recorded(self) -> dict[str, Any]:
-        """The encoding settings that change results. `thinking` and `sampler` are recorded only
-        away from their defaults, so runs recorded before they existed still match."""
-        settings: dict[str, Any] = {
-            "max_tokens": self.max_tokens,
-            "chat_template": self.chat_template,
-            "generate": self.generate,
-            "temperature": self.temperature,
-        }
-        if self.thinking:
-            settings["thinking"] = True
-        if self.generate and self.sampler != "hf":
-            settings["sampler"] = self.sampler
-        return settings
-
 
 @dataclass(frozen=True)
 class AnalysisConfig:
@@ -188,13 +189,13 @@ class AnalysisConfig:
     CI. seed: sampling and bootstrap seed.
     """
 
-    readout: str = "raw"
-    sites: str = "paper"
-    batch_size: int = 4
-    chunk_tokens: int | None = None
-    top_k: int = DEFAULT_TOP_K
-    n_boot: int = 1000
-    seed: int = 0
+    readout: str = field(default="raw", metadata=setting())
+    sites: str = field(default="paper", metadata=setting())
+    batch_size: int = field(default=4, metadata=setting(recorded=False))
+    chunk_tokens: int | None = field(default=None, metadata=setting(recorded=False))
+    top_k: int = field(default=DEFAULT_TOP_K, metadata=setting())
+    n_boot: int = field(default=1000, metadata=setting(flag=None))
+    seed: int = field(default=0, metadata=setting())
 
     def __post_init__(self) -> None:
         check_choice("readout", self.readout, READOUT_MODES)
@@ -213,24 +214,3 @@ class AnalysisConfig:
             chunk_tokens=self.chunk_tokens,
             top_k=self.top_k,
         )
-
-    def recorded(self) -> dict[str, Any]:
-        """The readout settings that change results (batch and chunk sizes do not). `top_k` is
-        recorded only away from its default, so runs recorded before it existed still match."""
-        settings: dict[str, Any] = {
-            "readout": self.readout,
-            "sites": self.sites,
-            "seed": self.seed,
-            "n_boot": self.n_boot,
-        }
-        if self.top_k != DEFAULT_TOP_K:
-            settings["top_k"] = self.top_k
-        return settings
-
-
-def recorded_settings(prompts: PromptConfig, analysis: AnalysisConfig) -> dict[str, Any]:
-    """The settings run.json records (besides the model and the prompts' hash) and that decide
-    whether a run directory is resumed or reused, in the order runs have always recorded them."""
-    first = ("readout", "sites", "max_tokens", "chat_template", "generate", "temperature")
-    merged = {**analysis.recorded(), **prompts.recorded()}
-    return {key: merged.pop(key) for key in first} | merged

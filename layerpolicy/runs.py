@@ -6,7 +6,7 @@ Layout of an analysis run directory:
                            shard-R-of-W-part-NNNNN.parquet and shard-R-of-W.json under a
                            data-parallel launch (layerpolicy.parallel)
     tokens.parquet         all parts merged (docs/tables.md), written when every prompt is done
-    prompt_means.parquet   per-prompt means (runs made before the rename hold prompts.parquet)
+    prompt_means.parquet   per-prompt means
     summary.csv            per (site, layer, metric) statistics
     .lock                  the lock file: the holder's pid; the lock itself dies with the process
 """
@@ -17,11 +17,9 @@ import contextlib
 import errno
 import json
 import os
-import platform
 import re
 import secrets
-from collections.abc import Iterable, Iterator
-from importlib import metadata
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +27,9 @@ import pandas as pd
 
 from .errors import LayerpolicyError, RunDirectoryError
 from .locking import file_lock
+from .spec import check_settings, versions
 
-PACKAGES = ("layerpolicy", "torch", "transformers", "transformer-lens", "pandas", "numpy")
+__all__ = ["RunDirectory", "atomic_path", "read_json", "versions", "write_csv", "write_json"]
 LOCK_NAME = ".lock"
 PART_GLOB = "*part-*.parquet"
 SHARD_GLOB = "shard-*-of-*.json"
@@ -91,17 +90,6 @@ def read_json(path: Path) -> dict[str, Any]:
         ) from error
 
 
-def versions() -> dict[str, str]:
-    """Versions of Python, the platform and the packages that decide the numbers."""
-    found = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
-
-
 class RunDirectory:
     """A run directory for one analysis or training run, resumable batch by batch."""
 
@@ -128,19 +116,17 @@ class RunDirectory:
     def prompt_means_path(self) -> Path:
         return self.path / "prompt_means.parquet"
 
-    def prompt_means_source(self) -> Path:
-        """Where to read per-prompt means: the current name, or the name older runs used."""
-        legacy = self.path / "prompts.parquet"
-        if not self.prompt_means_path.is_file() and legacy.is_file():
-            return legacy
-        return self.prompt_means_path
+    def check_not_file(self, option: str = "--out") -> None:
+        """Raise one line when a regular file stands where the directory goes (the one check,
+        made before anything is loaded)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirectoryError(
+                f"{option} {self.path} is a file, not a directory; choose another {option}"
+            )
 
     def ensure(self) -> None:
         """Create the directory; a regular file in its place is a one-line error."""
-        if self.path.exists() and not self.path.is_dir():
-            raise RunDirectoryError(
-                f"--out {self.path} is a file, not a directory; choose another --out"
-            )
+        self.check_not_file()
         self.path.mkdir(parents=True, exist_ok=True)
 
     def lock(
@@ -157,6 +143,17 @@ class RunDirectory:
 
     def record(self) -> dict[str, Any]:
         return read_json(self.record_path)
+
+    def read_table(self, path: Path) -> pd.DataFrame:
+        """One of this run's tables (.csv or .parquet); a missing or damaged file is one line
+        naming it and the fix."""
+        fix = "rerun the command in its run.json (argv) with --out pointing here and --force"
+        try:
+            return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+        except FileNotFoundError as error:
+            raise RunDirectoryError(f"{path} is missing; {fix}") from error
+        except (OSError, ValueError) as error:  # truncated or not a table (pyarrow, pandas)
+            raise RunDirectoryError(f"{path} is damaged ({type(error).__name__}); {fix}") from error
 
     def write_record(self, record: dict[str, Any]) -> None:
         write_json(record, self.record_path)
@@ -177,25 +174,21 @@ class RunDirectory:
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         self.write_record({**record, "status": "running"})
 
-    def check_settings(self, settings: dict[str, Any], *, ignore: Iterable[str] = ()) -> None:
-        """Raise unless this directory's run and shards were made with `settings`.
-
-        Keys in `ignore` may differ (settings that a resumed run may change)."""
-        skip = set(ignore)
+    def check_settings(
+        self,
+        settings: Mapping[str, Any],
+        *,
+        allowed: Iterable[str] = (),
+        fix: str = "use another --out or --force to overwrite it",
+    ) -> None:
+        """Raise unless this directory's run and shards were made with `settings` (keys in
+        `allowed` may differ: those a resumed run may change) and are of this run format."""
         sources = [("a run", self.record())] if self.exists() else []
         sources += [("shards", read_json(p)) for p in self.shard_record_paths()]
         for what, record in sources:
             previous = record.get("settings") or {}
-            changed = sorted(
-                key
-                for key in {**previous, **settings}
-                if key not in skip and previous.get(key) != settings.get(key)
-            )
-            if changed:
-                raise RunDirectoryError(
-                    f"{self.path} holds {what} with other settings ({', '.join(changed)}); "
-                    "use another --out or --force to overwrite it"
-                )
+            where = f"{self.path} holds {what}"
+            check_settings(previous, settings, where=where, allowed=allowed, fix=fix)
 
     def shard_record_paths(self) -> list[Path]:
         return sorted(self.parts_dir.glob(SHARD_GLOB))

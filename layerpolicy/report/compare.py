@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from .. import plots
 from ..tables.reading import markdown_table
+from ..tables.results import ComparisonTables
 from ..tables.schema import ENTROPY_CHANGE
 from .run import save_all
-
-if TYPE_CHECKING:
-    from ..comparison import CompareResult
 
 
 def compare_figures(
@@ -55,7 +52,7 @@ def compare_figures(
     return save_all(drawn, Path(directory))
 
 
-def comparison_markdown(result: CompareResult, x: str = "rel_depth") -> str:
+def comparison_markdown(result: ComparisonTables, x: str = "rel_depth") -> str:
     """comparison.md: the reading, the shape table, runs, notes and figures."""
     names = ", ".join(result.comparison["model"])
     lines = [f"# Comparison: {names}", "", result.reading, "", "## Shape statistics", ""]

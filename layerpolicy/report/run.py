@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .. import plots
+from ..errors import LayerpolicyError
+from ..tables.results import RunTables
 from ..tables.schema import ENTROPY_CHANGE
-
-if TYPE_CHECKING:
-    from ..analysis import AnalysisResult
 
 MODULE_SITES = ("resid", "attn", "mlp")
 
 
-def run_figures(
-    result: AnalysisResult, directory: Path, *, vocab_size: int | None = None
-) -> list[Path]:
-    """PNG and SVG of the run's standard figures, written to `directory`; their paths.
+def run_figures(result: RunTables, directory: Path | None = None) -> list[Path]:
+    """PNG and SVG of the run's standard figures, written to `directory` (default: the run
+    directory's figures/); their paths.
 
-    entropy_profile (with the RMS-norm panel and ln|V| when `vocab_size` is given), kl_to_final,
+    entropy_profile (with the RMS-norm panel and ln|V| of the recorded vocabulary), kl_to_final,
     heatmap_first_prompt (the token table's first prompt), and entropy_change when the summary
     holds the entropy change of attn or mlp. Only the sites the summary holds are drawn.
     """
+    if directory is None:
+        if result.path is None:
+            raise LayerpolicyError("this result has no run directory; pass the figures' directory")
+        directory = Path(result.path) / "figures"
+    vocab_size = result.record["model"].get("vocab_size")
     summary = result.summary
     present = set(summary["site"])
     sites = tuple(site for site in MODULE_SITES if site in present)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from string import Template
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,7 @@ from plotly.subplots import make_subplots
 from ..errors import LayerpolicyError
 from ..plots import READOUT_LABELS, SITE_COLORS
 from ..runs import atomic_path
+from ..tables.results import RunTables
 
 MAX_PROMPTS = 20
 TOP_SHOWN = 5
@@ -42,14 +43,6 @@ _NO_TOP_K_NOTE = f'<p class="note" id="lp-no-top">{html.escape(NO_TOP_K)}</p>'
 _DASHES = {"raw": "solid", "logit-lens": "dash"}
 _CONFIG = {"displaylogo": False, "responsive": True}
 _TEMPLATE = Template((resources.files(__package__) / "view.html").read_text(encoding="utf-8"))
-
-
-class RunTables(Protocol):
-    """What a report reads: an AnalysisResult or anything with its three tables."""
-
-    tokens: pd.DataFrame
-    summary: pd.DataFrame
-    record: dict[str, Any]
 
 
 @dataclass(frozen=True)

@@ -4,29 +4,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from layerpolicy.tables import shape
 from layerpolicy.tables.difference import DIGITS
+from layerpolicy.tables.results import RunTables
 from layerpolicy.tables.schema import (
     COMPARISON_COLUMNS,
     COMPARISON_INT_COLUMNS,
     COMPARISON_TEXT_COLUMNS,
 )
 
-if TYPE_CHECKING:
-    from layerpolicy.analysis import AnalysisResult
 
-
-def run_readout(result: AnalysisResult) -> str:
+def run_readout(result: RunTables) -> str:
     """The readout mode a run used, as its run.json records it."""
     return str(result.record["settings"]["readout"])
 
 
-def comparison_table(results: Mapping[str, AnalysisResult]) -> pd.DataFrame:
+def comparison_table(results: Mapping[str, RunTables]) -> pd.DataFrame:
     """One row per model label: size, readout, sample and shape statistics (docs/shape.md).
 
     Floats are rounded to 3 decimals; undefined statistics are empty (NaN / <NA>).
@@ -41,7 +38,7 @@ def comparison_table(results: Mapping[str, AnalysisResult]) -> pd.DataFrame:
     return table
 
 
-def _comparison_row(label: str, result: AnalysisResult) -> dict[str, object]:
+def _comparison_row(label: str, result: RunTables) -> dict[str, object]:
     stats = shape.shape_statistics(result.summary)
     n_layers = int(stats["n_layers"])
     vocab = int(result.record["model"]["vocab_size"])
@@ -63,7 +60,7 @@ def _comparison_row(label: str, result: AnalysisResult) -> dict[str, object]:
     }
 
 
-def comparison_notes(results: Mapping[str, AnalysisResult]) -> list[str]:
+def comparison_notes(results: Mapping[str, RunTables]) -> list[str]:
     """Tokenizer and prompt mismatches between the runs: facts to state, not errors."""
     notes = []
     records = {label: r.record for label, r in results.items()}
@@ -86,7 +83,7 @@ def comparison_notes(results: Mapping[str, AnalysisResult]) -> list[str]:
     return notes
 
 
-def _token_ids_differ(results: list[AnalysisResult]) -> bool:
+def _token_ids_differ(results: list[RunTables]) -> bool:
     """True when two runs of the same prompts scored different input token ids."""
     seen: dict[str, np.ndarray] = {}
     for result in results:
