@@ -195,6 +195,7 @@ def grpo_arguments(
         epsilon=config.clip_eps,
         delta=config.dual_clip,
         loss_type="dapo",
+        mask_truncated_completions=False,  # as verl: truncated responses stay in the loss
         scale_rewards="group",
         beta=config.beta,
         max_steps=config.steps * updates,

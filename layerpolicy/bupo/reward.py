@@ -1,156 +1,98 @@
-"""Verifiable 0/1 rewards for BuPO/GRPO training: extract the final answer and compare it exactly.
+"""Verifiable 0/1 rewards for BuPO/GRPO training, screening and the reward evaluation.
 
-Normalisation choices (both sides get the same treatment):
-- a leading single-variable assignment is dropped: "x = 3" and "\\boxed{x = 3}" both mean "3";
-- percent and degree signs are dropped: "50\\%" equals "50" (but not "0.5");
-- numbers compare exactly as fractions: "0.5", "1/2", "\\frac{1}{2}", "\\dfrac12" are all "1/2",
-  "3.0" is "3"; non-numeric answers compare as normalised LaTeX strings.
+The policy is the paper's scorer (verl's math scoring): only the LAST \\boxed{...} (or \\fbox{...})
+of a response counts, and a response without one, or whose last box is empty or never closes,
+scores 0. A truncated response (cut at the token budget) is graded the same way, so it scores 0
+unless a box it finished is its last. Whether the boxed answer equals the ground truth is decided
+by math-verify (the verifier TRL's `accuracy_reward` uses): both are parsed to SymPy and compared,
+so "\\sqrt{12}" = "2\\sqrt{3}", "\\frac12" = "0.5", "10^3" = "1000", "5 \\text{ cm}" = "5", sets
+and intervals compare as sets and intervals, and "x = 3" = "3".
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 from collections.abc import Callable
-from fractions import Fraction
+from functools import lru_cache
+from importlib.metadata import version
+from typing import Any
+
+from math_verify import LatexExtractionConfig, parse, verify
 
 RewardFn = Callable[[str, str], float]
 
-_BOX_COMMANDS = ("\\boxed", "\\fbox")
-_WRAPPER_COMMANDS = ("boxed", "fbox", "text", "textbf", "textrm", "mathrm", "mathbf", "mbox")
-_NUMBER = re.compile(r"(?:(?<![\w)\]])-)?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
-_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
-_FRACTION_TEXT = re.compile(r"([+-]?)\\frac\{([^{}]+)\}\{([^{}]+)\}")
-_THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_ASSIGNMENT = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?=")
-_NOISE = re.compile(r"\\?\$|\\left(?![A-Za-z])|\\right(?![A-Za-z])|\\[!,;: ]|\^\{?\\circ\}?|\\?%")
+POLICY = (
+    "only the last \\boxed{} (or \\fbox{}) of the response counts; a response without one, or "
+    "whose last box is empty or unclosed, scores 0; a truncated response is graded the same way "
+    "(usually no final box: 0) and is not masked from the loss"
+)
+TIMEOUT_SECONDS = 5  # per parse and per comparison; signal-based, so main thread only
+_BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+_EXTRACTION = (LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=False),)
 
 
-def extract_answer(text: str) -> str | None:
-    """The content of the last non-empty \\boxed{...} (or \\fbox), else the last number, else None.
-
-    Braces are balanced, so "\\boxed{\\frac{1}{2}}" gives "\\frac{1}{2}"; an unbraced "\\boxed 42"
-    gives "42" (up to the next space or "$").
+def last_boxed(response: str) -> str | None:
+    """The content of the response's last \\boxed / \\fbox, or None when there is none, it is
+    empty or its braces never close. Braces are balanced ("\\boxed{\\frac{1}{2}}" gives
+    "\\frac{1}{2}"); an unbraced "\\boxed 42" gives "42" (up to the next space or "$").
     """
-    for start in sorted(_box_starts(text), reverse=True):
-        content = _box_content(text, start)
-        if content:
-            return content
-    numbers = _NUMBER.findall(text)
-    return numbers[-1] if numbers else None
-
-
-def normalise_answer(answer: str) -> str:
-    """A canonical string for comparing answers (see the module docstring for the rules)."""
-    text = _unwrap_commands(answer, _WRAPPER_COMMANDS)
-    text = _NOISE.sub("", text)
-    text = re.sub(r"\s+", "", text).replace("{,}", ",")
-    text = re.sub(r"\\[dt]frac(?![A-Za-z])", r"\\frac", text)
-    text = _brace_arguments(text, "\\frac", 2)
-    text = _brace_arguments(text, "\\sqrt", 1)
-    text = text.rstrip(".")
-    if _ASSIGNMENT.match(text) and text.count("=") == 1:
-        text = text.split("=", 1)[1]
-    if _THOUSANDS.fullmatch(text):
-        text = text.replace(",", "")
-    number = _as_fraction(text)
-    return text if number is None else str(number)
-
-
-def answers_match(predicted: str | None, truth: str) -> bool:
-    """True when both answers normalise to the same non-empty string."""
-    if predicted is None:
-        return False
-    expected = normalise_answer(truth)
-    return bool(expected) and normalise_answer(predicted) == expected
-
-
-def math_reward(response: str, truth: str) -> float:
-    """1.0 when the response's final answer matches `truth`, else 0.0."""
-    return 1.0 if answers_match(extract_answer(response), truth) else 0.0
-
-
-def _box_starts(text: str) -> list[int]:
-    """Indexes just after each \\boxed / \\fbox command (not \\boxedfoo)."""
-    starts = []
-    for command in _BOX_COMMANDS:
-        for match in re.finditer(re.escape(command) + r"(?![A-Za-z])", text):
-            starts.append(match.end())
-    return starts
-
-
-def _box_content(text: str, index: int) -> str | None:
-    rest = text[index:]
-    if rest.lstrip(" ").startswith("{"):
-        argument = _read_argument(text, index)
-        return argument[0].strip() if argument else None
-    match = re.match(r"\s*([^\s${}]+)", rest)
-    return match.group(1) if match else None
-
-
-def _read_argument(text: str, index: int) -> tuple[str, int] | None:
-    """One LaTeX argument at `index` (spaces skipped): a balanced {group} or a single character.
-
-    Returns (content, index after it), or None when there is no argument or braces do not close.
-    """
-    while index < len(text) and text[index] == " ":
-        index += 1
-    if index >= len(text):
+    starts = [match.end() for match in _BOX.finditer(response)]
+    if not starts:
         return None
-    if text[index] != "{":
-        if text[index] == "\\":
-            match = re.match(r"\\[A-Za-z]+", text[index:])
-            if match:
-                return match.group(), index + match.end()
-        return text[index], index + 1
+    rest = response[starts[-1] :]
+    if not rest.lstrip(" ").startswith("{"):
+        match = re.match(r" *([^\s${}]+)", rest)
+        return match.group(1) if match else None
+    opening = rest.index("{")
     depth = 0
-    for end in range(index, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[end], 0)
+    for index in range(opening, len(rest)):
+        depth += {"{": 1, "}": -1}.get(rest[index], 0)
         if depth == 0:
-            return text[index + 1 : end], end + 1
+            return rest[opening + 1 : index].strip() or None
     return None
 
 
-def _unwrap_commands(text: str, commands: tuple[str, ...]) -> str:
-    """Replace each \\command{arg} (for the given commands) by its argument, innermost included."""
-    pattern = re.compile(r"\\(?:" + "|".join(commands) + r")(?![A-Za-z])")
-    while match := pattern.search(text):
-        argument = _read_argument(text, match.end())
-        if argument is None or not text[match.end() :].lstrip(" ").startswith("{"):
-            return text[: match.start()] + text[match.end() :]
-        content, end = argument
-        text = text[: match.start()] + content + text[end:]
-    return text
+def grade(response: str, answer: str) -> bool:
+    """True when the response's last boxed answer is math-verify equivalent to `answer`."""
+    boxed = last_boxed(response)
+    if boxed is None:
+        return False
+    timeout = _timeout()
+    gold = _parse_boxed(answer, timeout)
+    if not gold:
+        return False
+    predicted = _parse_boxed(boxed, timeout)
+    return bool(predicted) and verify(gold, predicted, timeout_seconds=timeout)
 
 
-def _brace_arguments(text: str, command: str, count: int) -> str:
-    """Rewrite `command` arguments in braces: "\\frac12" and "\\frac{1}{2}" become the same."""
-    out, index = [], 0
-    while (found := text.find(command, index)) >= 0:
-        out.append(text[index:found] + command)
-        index = found + len(command)
-        if index < len(text) and text[index].isalpha():
-            continue
-        for _ in range(count):
-            argument = _read_argument(text, index)
-            if argument is None:
-                break
-            content, index = argument
-            out.append("{" + _brace_arguments(content, command, count) + "}")
-    out.append(text[index:])
-    return "".join(out)
+def math_reward(response: str, truth: str) -> float:
+    """1.0 when `grade(response, truth)`, else 0.0 (training, screen and evaluation)."""
+    return 1.0 if grade(response, truth) else 0.0
 
 
-def _as_fraction(text: str) -> Fraction | None:
-    """The exact value of an integer, decimal, a/b or \\frac{a}{b} (numbers a, b), else None."""
-    if _PLAIN_NUMBER.fullmatch(text):
-        return Fraction(text)
-    match = re.fullmatch(r"([+-]?)(.+)/(.+)", text) or _FRACTION_TEXT.fullmatch(text)
-    if match is None:
-        return None
-    sign, numerator, denominator = match.groups()
-    if not (_PLAIN_NUMBER.fullmatch(numerator) and _PLAIN_NUMBER.fullmatch(denominator)):
-        return None
-    if Fraction(denominator) == 0:
-        return None
-    value = Fraction(numerator) / Fraction(denominator)
-    return -value if sign == "-" else value
+def verifier_record() -> dict[str, Any]:
+    """The grader for run.json: the verifier, its version, the extraction policy and timeouts."""
+    return {
+        "name": "math-verify",
+        "version": version("math-verify"),
+        "policy": POLICY,
+        "timeout_seconds": TIMEOUT_SECONDS,
+    }
+
+
+@lru_cache(maxsize=4096)
+def _parse_boxed(text: str, timeout: int | None) -> list:
+    """math-verify's parse of `text` as one boxed LaTeX answer ([] when it does not parse)."""
+    return parse("\\boxed{" + text + "}", extraction_config=_EXTRACTION, parsing_timeout=timeout)
+
+
+def _timeout() -> int | None:
+    """math-verify's alarm-based timeout works only in the main thread: off elsewhere
+    (as in TRL's `accuracy_reward`), with its "timeout disabled" warnings silenced."""
+    if threading.current_thread() is threading.main_thread():
+        return TIMEOUT_SECONDS
+    for name in ("math_verify.parser", "math_verify.grader"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    return None
