@@ -27,7 +27,7 @@ lint: setup
 
 ## The README's figures, from the real packaged models on MATH-500.
 figures: setup
-	LAYERPOLICY_DATA=$${LAYERPOLICY_DATA:-$(CURDIR)/../shared/data} $(BIN)/python scripts/make_figures.py
+	LAYERPOLICY_DATA=$${LAYERPOLICY_DATA:-$(CURDIR)/../shared/data} $(BIN)/python -m scripts.make_figures
 
 ## Speed and memory against the naive path, TransformerLens's logit lens and the matmul floor.
 bench: setup

@@ -1,63 +1,41 @@
 """The README's "What it finds" block, rendered from the files `make figures` writes into figures/.
 
 Pure: every renderer reads `figures_dir` only (record.json with the run facts, comparison.csv,
-summary.csv, bupo_difference.csv) and returns markdown. `replace_block(text, name, block)` puts a
-block between `<!-- make-figures:NAME -->` and `<!-- /make-figures:NAME -->`; `wrap`, `duration`
-and `device_phrase` are the prose formats scripts/tour.py shares for the Quick tour's blocks.
+summary.csv, bupo_difference.csv) and returns markdown: the protocol, the weights, the shape table,
+the readings, the paper's contrast, the figures and (scripts/findings_bupo.py) the BuPO run.
 Entropies are in nats; comparison.csv's numbers are quoted as `layerpolicy compare` prints them,
 through `layerpolicy.tables.reading`.
 """
 
 from __future__ import annotations
 
-import math
-import re
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from layerpolicy.errors import LayerpolicyError
 from layerpolicy.runs import read_json
 from layerpolicy.tables.reading import reading
-from layerpolicy.tables.schema import COMPARISON_INT_COLUMNS, COMPARISON_TEXT_COLUMNS
 
-RECORD, COMPARISON, SUMMARY = "record.json", "comparison.csv", "summary.csv"
-BUPO_DIFFERENCE = "bupo_difference.csv"
-READOUTS = {"raw": "raw", "logit-lens": "logit lens"}
+from .findings_bupo import render_bupo
+from .findings_format import (
+    COMPARISON,
+    READOUTS,
+    RECORD,
+    SUMMARY,
+    ci,
+    device_phrase,
+    duration,
+    img,
+    missing,
+    num,
+    read_comparison,
+    thinking_phrase,
+    wrap,
+)
+
 READOUT_TITLES = {"raw": "Raw readout", "logit-lens": "Logit lens"}
-WIDTH = 100  # prose is wrapped at this many columns, as the rest of the README
 PAPER = "[Tan et al., arXiv 2512.19673](https://arxiv.org/abs/2512.19673)"
-
-
-class ReadmeBlockError(LayerpolicyError):
-    """README.md lacks the markers of a generated block."""
-
-
-def replace_block(text: str, name: str, block: str) -> str:
-    """`text` with the lines between block `name`'s markers replaced by `block`."""
-    start, end = f"<!-- make-figures:{name} -->", f"<!-- /make-figures:{name} -->"
-    found = (text.count(start), text.count(end))
-    if found != (1, 1) or text.index(start) > text.index(end):
-        raise ReadmeBlockError(
-            f"README.md needs one `{start}` line and, after it, one `{end}` line around the "
-            f"generated {name} block (found {found[0]} and {found[1]}); put them back"
-        )
-    head, rest = text.split(start)
-    return f"{head}{start}\n{block.strip(chr(10))}\n{end}{rest.split(end)[1]}"
-
-
-def read_comparison(path: Path) -> pd.DataFrame:
-    """comparison.csv with the dtypes `comparison_table` gives it (integers stay integers)."""
-    columns = pd.read_csv(path, nrows=0).columns
-    types = {c: "Int64" for c in COMPARISON_INT_COLUMNS} | {
-        c: object for c in COMPARISON_TEXT_COLUMNS
-    }
-    return pd.read_csv(path, dtype={c: t for c, t in types.items() if c in columns})
-
-
-# ------------------------------------------------------------------------------ findings
 
 
 def render_findings(figures_dir: Path) -> str:
@@ -76,7 +54,7 @@ def render_findings(figures_dir: Path) -> str:
         "Residual-stream entropy per layer on relative depth l/L, mean over problems with 95% "
         "bootstrap bands; left the paper's raw readout `softmax(x W_U)`, right the logit lens "
         "`softmax(LN_final(x) W_U)`:",
-        f"{_img('compare_entropy.png', '49%')} {_img('compare_entropy_logit_lens.png', '49%')}",
+        f"{img('compare_entropy.png', '49%')} {img('compare_entropy_logit_lens.png', '49%')}",
         "Shape statistics ([figures/comparison.csv](figures/comparison.csv), defined in "
         "[docs/shape.md](docs/shape.md); – where a run does not measure it: the logit-lens "
         "runs read the residual stream only):",
@@ -85,19 +63,9 @@ def render_findings(figures_dir: Path) -> str:
         _paper_contrast(record, comparison),
         *_profiles(record),
         "### BuPO before and after",
-        *_bupo(record["bupo"], comparison, figures_dir, record["prompts"]["title"]),
+        *render_bupo(record["bupo"], comparison, figures_dir, record["prompts"]["title"]),
     ]
     return "\n\n".join(wrap(p) for p in parts if p)
-
-
-def wrap(part: str) -> str:
-    """A prose paragraph wrapped at WIDTH (code spans and links kept whole); tables, images,
-    headings and code blocks kept as they are."""
-    if part.startswith(("|", "<img", "#", "```")) or "\n```" in part:
-        return part
-    kept = re.sub(r"`[^`]*`|\[[^\]]*\]\([^)]*\)", lambda m: m[0].replace(" ", "\0"), part)
-    wrapped = textwrap.fill(kept, WIDTH, break_long_words=False, break_on_hyphens=False)
-    return wrapped.replace("\0", " ")
 
 
 def _readings(comparison: pd.DataFrame) -> list[str]:
@@ -118,7 +86,7 @@ def _profiles(record: dict[str, Any]) -> list[str]:
     )
     width = f"{98 // len(families)}%"
     rows = [
-        " ".join(_img(f"{kind}_{f}.png", width) for f in families)
+        " ".join(img(f"{kind}_{f}.png", width) for f in families)
         for kind in ("entropy_profile", "entropy_change")
     ]
     return [
@@ -167,21 +135,6 @@ def _prompt_source(prompts: dict[str, Any]) -> str:
     return f"{prompts['title']} ({where}sha256 {prompts['sha256'][:12]}…)"
 
 
-def thinking_phrase(models: list[dict[str, Any]]) -> str:
-    """How the chat templates were applied, from each model's recorded thinking mode."""
-    modes = {m["thinking"] for m in models}
-    if modes == {None}:
-        return "with the chat template, which has no thinking switch here (no thinking mode)"
-    if modes == {False}:
-        return "chat template in its no-thinking mode"
-    words = {None: "no thinking switch", False: "no-thinking mode", True: "thinking mode"}
-    return (
-        "chat template applied ("
-        + ", ".join(f"{m['name']}: {words[m['thinking']]}" for m in models)
-        + ")"
-    )
-
-
 def _weights(record: dict[str, Any]) -> str:
     models = [record["models"][f] for f in record["families"]]
     each = "; ".join(
@@ -224,21 +177,29 @@ def _shape_table(
 
 
 def _policy(row: Any, policy: Any) -> str:
-    return _ci(row.policy_entropy, policy.ci_low, policy.ci_high)
+    return ci(row.policy_entropy, policy.ci_low, policy.ci_high)
 
 
 def _depth(row: Any, policy: Any) -> str:
-    if _missing(row.convergence_depth):
+    if missing(row.convergence_depth):
         return "none (never settles below the midpoint)"
     return f"{row.convergence_depth:.3f} ({row.convergence_layer} of {row.n_layers})"
 
 
 def _boundary(row: Any, policy: Any) -> str:
-    if _missing(row.eic_mlp):
+    if missing(row.eic_mlp):
         return "–"
-    if _missing(row.boundary_layer):
+    if missing(row.boundary_layer):
         return "none (no exploration region before convergence)"
     return f"{row.boundary_layer} (l/L = {row.boundary_rel_depth:.3f})"
+
+
+def _share(value: Any) -> str:
+    return num(value, "none (no drop)")
+
+
+def _text(value: Any) -> str:
+    return "–" if missing(value) else str(value)
 
 
 SHAPE_ROWS = {  # row title -> cell of (comparison row, summary row of pi_theta's entropy)
@@ -251,7 +212,7 @@ SHAPE_ROWS = {  # row title -> cell of (comparison row, summary row of pi_theta'
     "largest single-layer share of the drop": lambda r, p: _share(r.largest_drop_share),
     "EIC regions of ΔH_mlp": lambda r, p: _text(r.eic_mlp),
     "EIC regions of ΔH_attn": lambda r, p: _text(r.eic_attn),
-    "mean \\|ΔH_mlp\\| per layer": lambda r, p: _num(r.mean_abs_dh_mlp, "–"),
+    "mean \\|ΔH_mlp\\| per layer": lambda r, p: num(r.mean_abs_dh_mlp, "–"),
     "boundary layer k": _boundary,
 }
 
@@ -273,15 +234,13 @@ def _paper_contrast(record: dict[str, Any], comparison: pd.DataFrame) -> str:
         return caveat
     llama, qwen = raw.loc[names["llama"]], raw.loc[names["qwen"]]
     label = {f: record["models"][f]["name"] for f in names}
-    dh = {
-        f: _num(row.mean_abs_dh_mlp, "undefined") for f, row in (("llama", llama), ("qwen", qwen))
-    }
+    dh = {f: num(row.mean_abs_dh_mlp, "undefined") for f, row in (("llama", llama), ("qwen", qwen))}
     return (
         "The paper finds Llama models collapsing within their last few layers and Qwen models "
         "contracting progressively, with small MLP entropy changes in Llama (about 0.2 nats) and "
         f"large ones in Qwen (up to about 10). Under the raw readout here, abruptness is "
-        f"{_num(llama.abruptness, 'undefined')} for {label['llama']} against "
-        f"{_num(qwen.abruptness, 'undefined')} for {label['qwen']} "
+        f"{num(llama.abruptness, 'undefined')} for {label['llama']} against "
+        f"{num(qwen.abruptness, 'undefined')} for {label['qwen']} "
         f"({_order(llama.abruptness, qwen.abruptness)}), and mean |ΔH_mlp| per layer is "
         f"{dh['llama']} against {dh['qwen']} "
         f"({_order(qwen.mean_abs_dh_mlp, llama.mean_abs_dh_mlp)}). {caveat}"
@@ -290,191 +249,8 @@ def _paper_contrast(record: dict[str, Any], comparison: pd.DataFrame) -> str:
 
 def _order(paper_high: Any, paper_low: Any) -> str:
     """Whether the value the paper finds larger is larger here too."""
-    if _missing(paper_high) or _missing(paper_low):
+    if missing(paper_high) or missing(paper_low):
         return "not comparable: undefined for one model"
     if paper_high == paper_low:
         return "equal, where the paper finds a difference"
     return "the paper's order" if paper_high > paper_low else "the reverse of the paper's order"
-
-
-# ------------------------------------------------------------------------------ BuPO
-
-
-def _bupo(
-    bupo: dict[str, Any], comparison: pd.DataFrame, figures_dir: Path, title: str
-) -> list[str]:
-    """The BuPO run: settings, prompts, layer k and why, before -> after with intervals."""
-    s, model, k = bupo["settings"], bupo["model"], bupo["layer"]["k"]
-    label = model["name"]
-    quantised = f", GGUF {model['quantisation']}" if model["quantisation"] else ""
-    parts = [
-        f"{bupo['method']} on {label}{quantised}: {s['steps']} rollouts, the first "
-        f"s_inter = {s['inter_steps']} on the internal policy π^k of layer k (IPA), the rest on "
-        f"π_θ (GRPO). Each rollout samples {s['prompts_per_step']} prompts × G = "
-        f"{s['group_size']} responses of at most {s['max_new_tokens']} tokens at "
-        f"T = {s['temperature']:g}, then takes {s['mini_batches']} optimizer steps (lr "
-        f"{s['lr']:g}); {duration(bupo['train_s'])} of training on "
-        f"{device_phrase(model['device'])}.",
-        f"{_trained_prompts(bupo)} {_layer_why(bupo, comparison, title)}",
-        _evaluation(bupo),
-    ]
-    table = _bupo_table(bupo, pd.read_csv(figures_dir / BUPO_DIFFERENCE), k)
-    if table:
-        parts.append("\n".join(table))
-    parts.append(_reward_sentence(bupo))
-    parts += [
-        f"{_img('bupo_training_log.png', '49%')} {_img('bupo_difference.png', '49%')}",
-        f"The same run:\n\n```bash\n{bupo['command']}\n```",
-    ]
-    return [p for p in parts if p]
-
-
-def _trained_prompts(bupo: dict[str, Any]) -> str:
-    prompts, screen = bupo["prompts"], bupo.get("screen")
-    source = (
-        "the built-in arithmetic and word problems (generated, with exact answers)"
-        if prompts["source"] == "builtin"
-        else f"`{prompts['source']}`"
-    )
-    if not screen:
-        return f"Prompts: the first {prompts['n_prompts']} of {source}, not screened."
-    share = screen["summary"]
-    return (
-        f"Prompts: {prompts['n_prompts']} of {source}, screened with {screen['samples']} "
-        f"samples each from the base model: the {screen['n_kept']} it solves sometimes "
-        f"(0 < solve rate < 1; never {share['never']:.0%}, always {share['always']:.0%} of the "
-        "prompts) are trained on."
-    )
-
-
-def _layer_why(bupo: dict[str, Any], comparison: pd.DataFrame, title: str) -> str:
-    model, layer = bupo["model"], bupo["layer"]
-    text = f"Layer k = {layer['k']} of {model['n_layers']} ({layer['reason']})"
-    raw = comparison[(comparison.model == model["name"]) & (comparison.readout == "raw")]
-    if len(raw) and not _missing(raw.iloc[0].eic_mlp):
-        row = raw.iloc[0]
-        rule = "gives no k" if _missing(row.boundary_layer) else f"gives k = {row.boundary_layer}"
-        text += (
-            f": on the {title} responses above, its ΔH_mlp regions are {row.eic_mlp} and the "
-            f"boundary-layer rule {rule}"
-        )
-    before = (bupo.get("entropy_at_k") or {}).get("before", {})
-    if before.get("eic_mlp"):
-        text += (
-            f"; on its own responses to the trained prompts before training they are "
-            f"{before['eic_mlp']}"
-        )
-    return text + "."
-
-
-def _evaluation(bupo: dict[str, Any]) -> str:
-    reward, analyses = bupo["reward"], bupo.get("analyses")
-    text = ""
-    if "difference" in reward:
-        text += (
-            f"Reward: {reward['samples']} responses per trained prompt from the base and from "
-            f"the trained model (seed {reward['seed']}); each prompt's solve rate, the mean over "
-            "prompts with a 95% bootstrap interval over prompts, and after − before paired by "
-            "prompt. "
-        )
-    if analyses:
-        text += (
-            f"Entropies: each model's own sampled responses to the first "
-            f"{analyses['before']['n_prompts']} trained prompts "
-            f"({analyses['before']['n_tokens']:,} and {analyses['after']['n_tokens']:,} response "
-            "tokens), raw readout; their after − before intervals combine the two intervals as "
-            "if independent ([docs/shape.md](docs/shape.md))."
-        )
-    return text.strip()
-
-
-def _bupo_table(bupo: dict[str, Any], diff: pd.DataFrame, k: int) -> list[str]:
-    rows = []
-    reward = bupo["reward"]
-    if "difference" in reward:
-        before, after, change = reward["before"], reward["after"], reward["difference"]
-        cells = [_ci(r["prompt_mean"], r["ci_low"], r["ci_high"]) for r in (before, after)]
-        rows.append(("reward (mean of per-prompt solve rates)", *cells, change))
-    at_k = bupo.get("entropy_at_k")
-    if at_k:
-        n_layers = bupo["model"]["n_layers"]
-        for key, title, site, metric, layer in (
-            ("policy_entropy", "H(π_θ)", "final", "entropy", n_layers),
-            ("entropy_resid", f"H(π^k), resid entropy at k = {k}", "resid", "entropy", k),
-            ("dh_mlp", f"ΔH_mlp at k = {k}", "mlp", "entropy_change", k),
-            ("dh_attn", f"ΔH_attn at k = {k}", "attn", "entropy_change", k),
-        ):
-            found = diff[(diff.site == site) & (diff.metric == metric) & (diff.layer == layer)]
-            cells = [_ci(at_k[w][key], *at_k[w][f"{key}_ci"]) for w in ("before", "after")]
-            rows.append((title, *cells, found.iloc[0]))
-    if not rows:
-        return []
-    lines = ["| | before | after | after − before [95% CI] | |", "| --- | --- | --- | --- | --- |"]
-    for title, before, after, change in rows:
-        delta = _ci(change["mean"], change["ci_low"], change["ci_high"], signed=True)
-        word = _change_word(change["ci_low"], change["ci_high"])
-        lines.append(f"| {title} | {before} | {after} | {delta} | {word} |")
-    return lines
-
-
-def _reward_sentence(bupo: dict[str, Any]) -> str:
-    reward = bupo["reward"]
-    if "difference" not in reward:
-        return "The reward was not evaluated before and after (eval_samples = 0)."
-    change = reward["difference"]
-    return (
-        f"Over the {change['n_prompts']} trained prompts the reward "
-        f"{_change_word(change['ci_low'], change['ci_high'])}: "
-        f"{reward['before']['prompt_mean']:.3f} before, {reward['after']['prompt_mean']:.3f} "
-        f"after, a paired difference of "
-        f"{_ci(change['mean'], change['ci_low'], change['ci_high'], signed=True)}."
-    )
-
-
-def _change_word(low: float, high: float) -> str:
-    """What an interval of after − before says."""
-    if low > 0:
-        return "rose"
-    if high < 0:
-        return "fell"
-    return "did not change measurably (CI includes 0)"
-
-
-# ------------------------------------------------------------------------------ formats
-
-
-def _img(name: str, width: str) -> str:
-    return f'<img src="figures/{name}" width="{width}">'
-
-
-def device_phrase(device: str) -> str:
-    """Where a run ran, as prose: "the CPU", "a GPU (cuda:0)"."""
-    return "the CPU" if device == "cpu" else f"a GPU ({device})" if "cuda" in device else device
-
-
-def duration(seconds: float) -> str:
-    """A duration in s, min or h, rounded as prose quotes it."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
-
-
-def _ci(mean: float, low: float, high: float, *, signed: bool = False) -> str:
-    fmt = "+.3f" if signed else ".3f"
-    return f"{mean:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
-
-
-def _num(value: Any, missing: str) -> str:
-    return missing if _missing(value) else f"{value:.3f}"
-
-
-def _share(value: Any) -> str:
-    return _num(value, "none (no drop)")
-
-
-def _text(value: Any) -> str:
-    return "–" if _missing(value) else str(value)
-
-
-def _missing(value: Any) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from findings import RECORD, device_phrase, duration, wrap
 from layerpolicy.cli import options
 from layerpolicy.cli.app import app
 from layerpolicy.cli.console import console, err_console
@@ -32,10 +31,18 @@ from layerpolicy.config import recorded_settings
 from layerpolicy.errors import LayerpolicyError
 from layerpolicy.runs import atomic_path, read_json
 
+from .findings_format import (
+    COMPARE_OUTPUT,
+    ENTROPY_OUTPUT,
+    RECORD,
+    TERMINAL_WIDTH,
+    device_phrase,
+    duration,
+    wrap,
+)
+
 REPO = Path(__file__).resolve().parent.parent
-ENTROPY_OUTPUT, COMPARE_OUTPUT = "entropy_output.txt", "compare_output.txt"
 TOUR_FAMILY = "llama"  # the family whose raw run the Quick tour's entropy table shows
-TERMINAL_WIDTH = 100  # columns of the terminal the Quick tour's outputs are rendered for
 HEAD_ROWS, TAIL_ROWS, READING_LINES = 5, 4, 3  # what the Quick tour keeps of long outputs
 CUT = "…"
 

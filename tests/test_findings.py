@@ -2,18 +2,16 @@
 
 scripts/findings.py renders the "What it finds" section and scripts/tour.py the Quick tour's
 outputs from the files `make figures` writes into figures/; scripts/tour.py also shows the commands
-that reproduce make_figures' cached runs. Here: the committed README equals the rendering of the
-committed figures/, a hand-built figures directory renders to the numbers it holds (words that
-compare computed from them), the commands shown name the runs make_figures computes, and a
-finished BuPO run trained with other settings is refused, not reused.
+that reproduce make_figures' cached runs. Here: the committed README and figures/README.md equal
+the rendering of the committed figures/, a hand-built figures directory renders to the numbers it
+holds (words that compare computed from them), the commands shown name the runs make_figures
+computes, and a finished BuPO run trained with other settings is refused, not reused.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,6 +26,7 @@ import layerpolicy.bupo.run
 from layerpolicy.comparison import cache_name
 from layerpolicy.config import AnalysisConfig, ModelConfig, recorded_settings
 from layerpolicy.errors import LayerpolicyError, RunDirectoryError
+from layerpolicy.report.figures import bupo_figures, family_figures
 from layerpolicy.runs import write_csv, write_json
 from layerpolicy.tables.schema import (
     COMPARISON_COLUMNS,
@@ -35,12 +34,10 @@ from layerpolicy.tables.schema import (
     DIFFERENCE_COLUMNS,
     SUMMARY_COLUMNS,
 )
+from scripts import findings, findings_files, make_figures, readme_blocks, tour
+from tests.test_plots import make_log, make_summary
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
-findings = importlib.import_module("findings")
-make_figures = importlib.import_module("make_figures")
-tour = importlib.import_module("tour")
 
 QWEN, SMOL = "qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct"
 
@@ -55,17 +52,19 @@ def test_readme_blocks_are_the_rendering_of_the_committed_figures():
             "figures/record.json does not exist yet: regenerate figures/ with `make figures`"
         )
     text = (REPO / "README.md").read_text()
-    assert make_figures.update_readme(text, figures) == text, (
+    assert readme_blocks.update_readme(text, figures) == text, (
         "README.md's generated blocks differ from figures/; run `make figures` instead of "
         "editing them by hand"
     )
     assert "prompt text" not in (figures / "README.md").read_text()
+    record = json.loads((figures / findings.RECORD).read_text())
+    assert findings_files.render_figures_readme(record) == (figures / "README.md").read_text()
 
 
 def test_readme_has_every_block_once():
     text = (REPO / "README.md").read_text()
-    for name in make_figures.BLOCKS:
-        findings.replace_block(text, name, "x")  # raises when a marker is missing
+    for name in readme_blocks.BLOCKS:
+        readme_blocks.replace_block(text, name, "x")  # raises when a marker is missing
 
 
 # ------------------------------------------------------------------------------ replace_block
@@ -73,7 +72,7 @@ def test_readme_has_every_block_once():
 
 def test_replace_block_replaces_only_between_its_markers():
     text = "a\n<!-- make-figures:x -->\nold\n<!-- /make-figures:x -->\nb\n"
-    assert findings.replace_block(text, "x", "new 1\nnew 2\n") == (
+    assert readme_blocks.replace_block(text, "x", "new 1\nnew 2\n") == (
         "a\n<!-- make-figures:x -->\nnew 1\nnew 2\n<!-- /make-figures:x -->\nb\n"
     )
 
@@ -89,8 +88,10 @@ def test_replace_block_replaces_only_between_its_markers():
     ],
 )
 def test_replace_block_names_a_missing_marker(text):
-    with pytest.raises(findings.ReadmeBlockError, match=r"<!-- make-figures:x -->.*put them back"):
-        findings.replace_block(text, "x", "new")
+    with pytest.raises(
+        readme_blocks.ReadmeBlockError, match=r"<!-- make-figures:x -->.*put them back"
+    ):
+        readme_blocks.replace_block(text, "x", "new")
 
 
 # ------------------------------------------------------------------------------ a built figures/
@@ -468,3 +469,22 @@ def test_a_finished_bupo_run_with_other_settings_is_refused(tmp_path, monkeypatc
     assert "\n" not in str(raised.value)
     write_json({"status": "running", "settings": other}, path / "run.json")
     assert make_figures.bupo_record(path)["status"] == "running"  # train() checks on resume
+
+
+def test_readme_figure_set_is_named_by_family_and_written_as_png(tmp_path):
+    raw = {"m-a": make_summary("m-a"), "m-b": make_summary("m-b", n_layers=6)}
+    lens = {name: make_summary(name, readout="logit-lens") for name in raw}
+    vocab = {"m-a": 1000, "m-b": 2000}
+    paths = family_figures(("qwen", "llama"), raw, lens, vocab, tmp_path)
+    assert [p.name for p in paths] == [
+        *(f"{kind}_{family}.png" for family in ("qwen", "llama")
+          for kind in ("entropy_profile", "entropy_change")),
+        "compare_entropy.png", "compare_entropy_logit_lens.png", "compare_entropy_change.png",
+    ]  # fmt: skip
+    assert all(p.parent == tmp_path and p.stat().st_size > 0 for p in paths)
+    with pytest.raises(ValueError):  # one family label per model
+        family_figures(("qwen",), raw, lens, vocab, tmp_path)
+    record = {"method": "BuPO", "model": {"name": "m-b"}, "layer": {"k": 2}}
+    before, after = make_summary("m-b"), make_summary("m-b", shift=1.0)
+    paths = bupo_figures(record, make_log(), before, after, tmp_path / "bupo")
+    assert [p.name for p in paths] == ["bupo_training_log.png", "bupo_difference.png"]

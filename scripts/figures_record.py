@@ -1,0 +1,138 @@
+"""The data behind the README's figures: the tables written into figures/ and record.json's facts.
+
+record.json holds the facts of every run that the README's generated blocks quote (models,
+problems, sampling, scored tokens, timings, commands, the BuPO run's reward and entropies at k);
+the tables are the rows the figures draw, rounded to DIGITS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from layerpolicy.comparison import CompareResult
+from layerpolicy.models.registry import PACKAGED_MODELS
+from layerpolicy.prompts.sources import NAMED_SETS
+from layerpolicy.runs import RunDirectory, read_json, write_csv
+from layerpolicy.tables.difference import difference
+
+from .tour import shown
+
+FIGURE_ROWS = {  # metric -> sites whose summary rows the figures draw
+    "entropy": ("embed", "resid", "attn", "mlp", "final"),
+    "entropy_change": ("attn", "mlp"),
+    "rms_norm": ("embed", "resid", "attn", "mlp"),
+}
+DIGITS = 4  # decimals of the tables written
+
+
+@dataclass
+class BupoRun:
+    """The BuPO run's record, training log and before/after entropy summaries."""
+
+    path: Path
+    record: dict[str, Any]
+    log: pd.DataFrame
+    before: pd.DataFrame
+    after: pd.DataFrame
+
+
+def write_tables(raw: CompareResult, lens: CompareResult, bupo: BupoRun, out: Path) -> None:
+    """summary.csv, comparison.csv, bupo_difference.csv and bupo_train_log.csv."""
+    summaries = [*raw.summaries.values(), *lens.summaries.values()]
+    rows = pd.concat(
+        [
+            s[(s.metric == m) & s.site.isin(sites)]
+            for s in summaries
+            for m, sites in FIGURE_ROWS.items()
+        ],
+        ignore_index=True,
+    )
+    write_csv(rows.round(DIGITS), out / "summary.csv")
+    comparison = pd.concat([raw.comparison, lens.comparison], ignore_index=True)
+    write_csv(comparison.drop(columns=["run"]), out / "comparison.csv")
+    diff = difference(bupo.before, bupo.after)
+    write_csv(diff[diff.metric.isin(["entropy", "entropy_change"])], out / "bupo_difference.csv")
+    write_csv(bupo.log.round(DIGITS), out / "bupo_train_log.csv")
+
+
+def run_record(
+    families: tuple[str, ...],
+    raw: CompareResult,
+    lens: CompareResult,
+    bupo: dict[str, Any],
+    written: list[Path],
+) -> dict[str, Any]:
+    """record.json: the facts of every run that the README's generated blocks quote (`bupo`:
+    the BuPO run's, from `bupo_facts`), the analyses of `raw` and `lens` labelled `families`."""
+    first = read_json(next(iter(raw.runs.values())) / "run.json")
+    prompts, named = first["prompts"], NAMED_SETS.get(first["prompts"]["source"])
+    return {
+        "families": list(families),
+        "prompts": {
+            "source": prompts["source"],
+            "title": named.hub.split("/")[-1] if named else prompts["source"],
+            "dataset": named.hub if named else None,
+            "split": named.split if named else None,
+            "local_copy": not str(prompts.get("resolved", "")).startswith("hf:"),
+            "sha256": prompts["sha256"],
+            "n_problems": prompts["n_prompts"],
+        },
+        "sampling": first["sampling"],
+        "statistics": {key: first["settings"][key] for key in ("n_boot", "seed", "max_tokens")},
+        "models": {
+            family: model_facts(raw.runs[name], lens.runs[name])
+            for family, name in zip(families, raw.runs, strict=True)
+        },
+        "figures": [p.name for p in written],
+        "bupo": bupo,
+    }
+
+
+def model_facts(raw_run: Path, lens_run: Path) -> dict[str, Any]:
+    """One model's facts from its raw and logit-lens runs: what it is, what it scored, how long."""
+    raw, lens = read_json(raw_run / "run.json"), read_json(lens_run / "run.json")
+    model = raw["model"]
+    means = pd.read_parquet(RunDirectory(raw_run).prompt_means_source())
+    lengths = means[(means.site == "final") & (means.metric == "entropy")]["n_tokens"]
+    packaged = PACKAGED_MODELS.get(model["name"])
+    return {
+        **{key: model[key] for key in ("name", "architecture", "n_layers", "vocab_size")},
+        "hub_id": packaged.hf_name if packaged else None,
+        **{key: model.get(key) for key in ("quantisation", "dtype", "device")},
+        "thinking": raw["prompts"].get("thinking"),
+        "responses": len(lengths),
+        "response_tokens": int(lengths.sum()),
+        "responses_at_cap": int((lengths >= raw["sampling"]["max_new_tokens"]).sum()),
+        "truncated_prompts": raw.get("truncated_prompts", 0),
+        "seconds": {"raw": raw["timings"]["score_s"], "logit-lens": lens["timings"]["score_s"]},
+        "runs": {"raw": shown(str(raw_run)), "logit-lens": shown(str(lens_run))},
+    }
+
+
+def bupo_facts(bupo: BupoRun, command: str) -> dict[str, Any]:
+    """The BuPO run's settings, prompts, screen, layer k, reward and entropies at k, and the
+    `command` that trains it."""
+    record = bupo.record
+    info = read_json(bupo.path / "before" / "run.json")["model"]  # with device, quantisation
+    packaged = PACKAGED_MODELS.get(info["name"])
+    analyses = {}
+    for when, summary in (("before", bupo.before), ("after", bupo.after)):
+        final = summary[(summary.site == "final") & (summary.metric == "entropy")].iloc[0]
+        analyses[when] = {"n_prompts": int(final.n_prompts), "n_tokens": int(final.n_tokens)}
+    return {
+        "run": shown(str(bupo.path)),
+        "method": record["method"],
+        "model": {
+            **{key: info.get(key) for key in ("name", "quantisation", "device", "n_layers")},
+            "hub_id": packaged.hf_name if packaged else None,
+        },
+        **{key: record.get(key) for key in ("prompts", "screen", "settings", "layer", "reward")},
+        "entropy_at_k": record.get("entropy_at_k"),
+        "train_s": record["timings"]["train_s"],
+        "analyses": analyses,
+        "command": command,
+    }
