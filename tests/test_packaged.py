@@ -70,6 +70,7 @@ def fake_spec(wheel_dir: Path) -> PackagedModel:
         sha256=hashlib.sha256(blob).hexdigest(),
         size_bytes=len(blob),
         quantisation="Q4_1",
+        license="none (test data)",
     )
 
 

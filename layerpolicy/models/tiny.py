@@ -1,4 +1,4 @@
-"""Tiny random-weight models (Qwen2, Qwen3, Llama) that are byte-identical wherever they are built.
+"""Tiny random-weight models (Qwen2, Qwen3, Llama, Gemma 3), byte-identical wherever built.
 
 They load offline in well under a second and exercise the same code paths as real checkpoints,
 so tests, notebooks in CI and quick demos use them. Weights are random (seeded): the numbers
@@ -23,7 +23,8 @@ import torch
 
 from .cache import cache_root, dir_lock
 
-TINY_ARCHITECTURES = ("qwen2", "qwen3", "llama")
+TINY_ARCHITECTURES = ("qwen2", "qwen3", "llama")  # the `tiny-` names and the test matrix
+BUILDABLE_ARCHITECTURES = (*TINY_ARCHITECTURES, "gemma3")  # gemma3: save_tiny_model only
 TINY_PREFIX = "tiny-"
 INIT_STD = 0.25  # standard deviation of the weight matrices
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -87,8 +88,12 @@ def build_tiny_tokenizer(vocab_size: int = MAX_VOCAB):
 
 
 def tiny_config(architecture: str, vocab_size: int, n_layers: int = 4, d_model: int = 64):
-    """A Hugging Face config for a tiny model of the given architecture (qwen2, qwen3, llama)."""
-    from transformers import LlamaConfig, Qwen2Config, Qwen3Config
+    """A Hugging Face config for a tiny model of an architecture in BUILDABLE_ARCHITECTURES.
+
+    gemma3 has sandwich blocks (a norm after attention and after the MLP), scaled embeddings and
+    an 8-token sliding window on every layer but the last.
+    """
+    from transformers import Gemma3TextConfig, LlamaConfig, Qwen2Config, Qwen3Config
 
     common = dict(
         vocab_size=vocab_size,
@@ -107,8 +112,18 @@ def tiny_config(architecture: str, vocab_size: int, n_layers: int = 4, d_model: 
         return Qwen3Config(**common, head_dim=d_model // 4, tie_word_embeddings=True)
     if architecture == "llama":
         return LlamaConfig(**common, tie_word_embeddings=True)
+    if architecture == "gemma3":
+        layer_types = ["sliding_attention"] * (n_layers - 1) + ["full_attention"]
+        return Gemma3TextConfig(
+            **common,
+            head_dim=d_model // 4,
+            query_pre_attn_scalar=d_model // 4,
+            sliding_window=8,
+            layer_types=layer_types,
+            tie_word_embeddings=True,
+        )
     raise ValueError(
-        f"unknown tiny architecture {architecture!r}; choose from {TINY_ARCHITECTURES}"
+        f"unknown tiny architecture {architecture!r}; choose from {BUILDABLE_ARCHITECTURES}"
     )
 
 

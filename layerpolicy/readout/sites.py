@@ -10,6 +10,11 @@ With 0-based block index b and 1-based layer l = b + 1:
     resid    H^l                     blocks.{b}.hook_resid_post
     final    pi_theta = LN_final(H^L) W_U (+ the model's logit soft-cap, if any)
 
+In sandwich (post-norm) blocks such as Gemma 2/3's, A^l and F^l are what reaches the stream:
+the outputs of the norms after attention and after the MLP. The bridge's hook_attn_out and
+hook_mlp_out are those norms' hook_out there (ln1_post, ln2_post), and ln2 is the norm before the
+MLP, so the same names hold and H^l = H^{l-1} + A^l + F^l still.
+
 How a site's vector becomes logits (raw, logit lens, the final policy) is `unembed.py`'s job.
 """
 
