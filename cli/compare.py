@@ -8,7 +8,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from layerpolicy.config import DEFAULT_MODEL
 from layerpolicy.parallel import current_shard
+from layerpolicy.tables.values import is_missing
 
 from . import options
 from .console import console, note
@@ -33,7 +35,6 @@ def register(app: typer.Typer) -> None:
 
 
 def compare(
-    ctx: typer.Context,
     specs: list[str] = typer.Argument(
         ...,
         metavar="MODEL_OR_RUN",
@@ -74,19 +75,23 @@ def compare(
     force: bool = options.Force,
 ) -> None:
     """Overlay entropy, module entropy change and KL to final; tabulate shape statistics."""
-    options.check_out_dir(out)
-    options.check_out_dir(cache, "--cache")
-    models = [options.model_config(ctx.params, spec=spec) for spec in specs]
-    prompt_config = options.prompt_config(ctx.params)
-    config = options.analysis_config(ctx.params)
+    options.check_out(out)
+    options.check_out(cache, "--cache")
+    spec = options.analysis_spec(
+        model=DEFAULT_MODEL, prompts=prompts, column=None, response_column=None,
+        readout=readout, sites=sites, top_k=top_k, generate=generate, temperature=temperature,
+        sampler=sampler, thinking=thinking, limit=limit, batch_size=batch_size,
+        max_tokens=max_tokens, chunk_tokens=chunk_tokens, device=device, dtype=dtype,
+        device_map=device_map, max_memory=max_memory, seed=seed,
+        no_chat_template=no_chat_template, offline=offline,
+    )  # fmt: skip
     from layerpolicy.comparison import compare as run_compare
 
     out_dir = options.out_dir(out, "compare", *(Path(s).name for s in specs))
     started = time.perf_counter()
     result = run_compare(
-        models,
-        prompt_config,
-        config=config,
+        specs,
+        spec,
         out=out_dir,
         x=x,
         allow_mixed_readouts=allow_mixed_readouts,
@@ -112,12 +117,6 @@ def print_comparison(comparison) -> None:
     for name in comparison["model"]:
         table.add_column(str(name), justify="right", overflow="fold")
     for column, title in _SHOWN.items():
-        cells = ("-" if _missing(v) else str(v) for v in comparison[column])
+        cells = ("-" if is_missing(v) else str(v) for v in comparison[column])
         table.add_row(title, *cells)
     console.print(table)
-
-
-def _missing(value: object) -> bool:
-    import pandas as pd
-
-    return value is None or bool(pd.isna(value))

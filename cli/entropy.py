@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import typer
 from rich.table import Table
 
 from layerpolicy.parallel import current_shard
-from layerpolicy.tables import stats
+from layerpolicy.tables.layers import layer_digest
+from layerpolicy.tables.results import RunTables
+from layerpolicy.tables.values import interval, is_missing
 
 from . import options
 from .console import console, note
@@ -20,7 +21,6 @@ def register(app: typer.Typer) -> None:
 
 
 def entropy(
-    ctx: typer.Context,
     model: str = options.Model,
     prompts: str = options.Prompts,
     column: str = options.Column,
@@ -49,17 +49,24 @@ def entropy(
     force: bool = options.Force,
 ) -> None:
     """Entropy, entropy change, KL to final, target rank of every internal policy of a model."""
-    options.check_out_dir(out)
-    model_config = options.model_config(ctx.params)
-    prompt_config = options.prompt_config(ctx.params)
-    config = options.analysis_config(ctx.params)
+    options.check_out(out)
+    spec = options.analysis_spec(
+        model=model, prompts=prompts, column=column, response_column=response_column,
+        readout=readout, sites=sites, top_k=top_k, generate=generate, temperature=temperature,
+        sampler=sampler, thinking=thinking, limit=limit, batch_size=batch_size,
+        max_tokens=max_tokens, chunk_tokens=chunk_tokens, device=device, dtype=dtype,
+        device_map=device_map, max_memory=max_memory, seed=seed,
+        no_chat_template=no_chat_template, offline=offline,
+    )  # fmt: skip
     from layerpolicy.analysis import analyse
+    from layerpolicy.report import run_figures
 
     if out is None:
-        out = options.out_dir(None, "entropy", model_config.resolve().name, readout)
-    result = analyse(model_config, prompt_config, config=config, out=out, force=force)
+        out = options.out_dir(None, "entropy", spec.model.resolve().name, readout)
+    result = analyse(spec, out=out, force=force)
     if not current_shard().is_main:  # every rank holds the merged run; the main one reports it
         return
+    result.figures = run_figures(result)
     if result.record["model"].get("note"):
         note(result.record["model"]["note"])
     print_summary(result)
@@ -68,51 +75,19 @@ def entropy(
     )
 
 
-def print_summary(result) -> None:
+def print_summary(result: RunTables) -> None:
     """A compact per-layer table: resid entropy with CI, module entropy change, KL to final."""
-    summary = result.summary
-    table = Table(title=f"{result.model} · readout {result.record['settings']['readout']} · nats")
+    digest = layer_digest(result.summary)
+    table = Table(title=f"{result.record['model']['name']} · readout "
+                  f"{result.record['settings']['readout']} · nats")  # fmt: skip
     for column in ("layer", "H(resid) [95% CI]", "dH attn", "dH mlp", "KL(pi||resid)"):
         table.add_column(column, justify="right")
-    entropy = _profile(summary, "entropy", ("embed", "resid"), "mean", "ci_low", "ci_high")
-    d_attn = _profile(summary, "entropy_change", ("attn",), "mean")
-    d_mlp = _profile(summary, "entropy_change", ("mlp",), "mean")
-    kl = _profile(summary, "kl_to_final", ("embed", "resid"), "mean")
-    n_layers = int(summary.n_layers.max())
-    for layer in range(0, n_layers + 1):
-        table.add_row(
-            str(layer),
-            _with_ci(entropy, layer),
-            _signed(d_attn, layer),
-            _signed(d_mlp, layer),
-            _cell(kl, layer, "{:.2f}"),
-        )
-    final = _profile(summary, "entropy", ("final",), "mean", "ci_low", "ci_high")
-    table.add_row("final (pi_theta)", _with_ci(final, n_layers), "", "", "0")
+    for layer, row in digest.iterrows():
+        ci = "-" if is_missing(row.entropy) else interval(row.entropy, row.ci_low, row.ci_high)
+        if layer == "final":
+            table.add_row("final (pi_theta)", ci, "", "", "0")
+            continue
+        changes = ("-" if is_missing(v) else f"{v:+.2f}" for v in (row.d_attn, row.d_mlp))
+        kl = "-" if is_missing(row.kl_to_final) else f"{row.kl_to_final:.2f}"
+        table.add_row(str(layer), ci, *changes, kl)
     console.print(table)
-
-
-def _profile(summary: pd.DataFrame, metric: str, sites: tuple[str, ...], *values: str):
-    """`values` of `metric` by layer over `sites` (absent sites are skipped), one frame."""
-    present = set(summary.loc[summary.metric == metric, "site"])
-    frames = [
-        pd.concat([stats.profile(summary, metric, site, v).rename(v) for v in values], axis=1)
-        for site in sites
-        if site in present
-    ]
-    return pd.concat(frames) if frames else pd.DataFrame(columns=list(values))
-
-
-def _cell(frame: pd.DataFrame, layer: int, fmt: str) -> str:
-    return fmt.format(frame.at[layer, "mean"]) if layer in frame.index else "-"
-
-
-def _signed(frame: pd.DataFrame, layer: int) -> str:
-    return _cell(frame, layer, "{:+.2f}")
-
-
-def _with_ci(frame: pd.DataFrame, layer: int) -> str:
-    if layer not in frame.index:
-        return "-"
-    row = frame.loc[layer]
-    return f"{row['mean']:.2f} [{row.ci_low:.2f}, {row.ci_high:.2f}]"

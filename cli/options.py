@@ -1,10 +1,10 @@
-"""Options shared by several commands, and the configs they name (validated before any loading)."""
+"""Options shared by several commands, and the RunSpec they name (validated before any loading)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import typer
 
@@ -19,6 +19,8 @@ from layerpolicy.config import (
 from layerpolicy.devices import DEVICE_MAPS, DTYPES
 from layerpolicy.errors import LayerpolicyError
 from layerpolicy.readout.sites import READOUT_MODES, SITE_SETS
+from layerpolicy.runs import RunDirectory
+from layerpolicy.spec import RunSpec
 
 ReadoutMode = Literal[READOUT_MODES]
 SiteSet = Literal[tuple(SITE_SETS)]
@@ -109,12 +111,10 @@ NoChatTemplate = typer.Option(
 )
 
 
-def check_out_dir(out: Path | None, option: str = "--out") -> None:
-    """Raise unless `out` is unset, missing, or a directory (call it before loading anything)."""
-    if out is not None and out.exists() and not out.is_dir():
-        raise LayerpolicyError(
-            f"{option} {out} is a file, not a directory; pass a new or existing run directory"
-        )
+def check_out(out: Path | None, option: str = "--out") -> None:
+    """Raise unless `out` is unset, missing, or a directory (before anything is loaded)."""
+    if out is not None:
+        RunDirectory(out).check_not_file(option)
 
 
 def out_dir(out: Path | None, *parts: str) -> Path:
@@ -125,41 +125,74 @@ def out_dir(out: Path | None, *parts: str) -> Path:
     return Path("runs") / safe
 
 
-def model_config(params: Mapping[str, Any], spec: str | None = None) -> ModelConfig:
-    """The ModelConfig of a command's parsed options (`spec` replaces --model)."""
-    return ModelConfig(
-        spec=spec if spec is not None else params["model"],
-        device=params["device"],
-        dtype=params.get("dtype", "float32"),
-        offline=params["offline"] or None,
-        device_map=params.get("device_map"),
-        max_memory=params.get("max_memory"),
+def analysis_spec(
+    *,
+    model: str,
+    prompts: str | None,
+    column: str | None,
+    response_column: str | None,
+    readout: str,
+    sites: str,
+    top_k: int,
+    generate: int,
+    temperature: float,
+    sampler: str,
+    thinking: bool,
+    limit: int | None,
+    batch_size: int,
+    max_tokens: int,
+    chunk_tokens: int | None,
+    device: str,
+    dtype: str,
+    device_map: str | None,
+    max_memory: str | None,
+    seed: int,
+    no_chat_template: bool,
+    offline: bool,
+) -> RunSpec:
+    """The RunSpec of the analysis options (`--generate 0` = score the prompts; `--offline` off
+    = contact the hub only when it can be reached)."""
+    return RunSpec(
+        ModelConfig(
+            model,
+            device=device,
+            dtype=dtype,
+            offline=offline or None,
+            device_map=device_map,
+            max_memory=max_memory,
+        ),
+        PromptConfig(
+            prompts,
+            limit=limit,
+            column=column,
+            response_column=response_column,
+            chat_template=not no_chat_template,
+            thinking=thinking,
+            max_tokens=max_tokens,
+            generate=generate or None,
+            temperature=temperature,
+            sampler=sampler,
+        ),
+        AnalysisConfig(
+            readout=readout,
+            sites=sites,
+            batch_size=batch_size,
+            chunk_tokens=chunk_tokens,
+            top_k=top_k,
+            seed=seed,
+        ),
     )
 
 
-def prompt_config(params: Mapping[str, Any]) -> PromptConfig:
-    """The PromptConfig of a command's parsed options (`--generate 0` = score the prompts)."""
-    return PromptConfig(
-        source=params["prompts"],
-        limit=params["limit"],
-        column=params.get("column"),
-        response_column=params.get("response_column"),
-        chat_template=not params["no_chat_template"],
-        thinking=params["thinking"],
-        max_tokens=params["max_tokens"],
-        generate=params["generate"] or None,
-        temperature=params["temperature"],
-        sampler=params["sampler"],
-    )
+def spec_from_argv(argv: list[str]) -> RunSpec:
+    """The RunSpec a `layerpolicy entropy ...` command line (without `layerpolicy`) names; the
+    inverse of `RunSpec.to_argv` (e.g. to check that a documented command matches a run)."""
+    from .app import app
 
-
-def analysis_config(params: Mapping[str, Any]) -> AnalysisConfig:
-    """The AnalysisConfig of a command's parsed options."""
-    return AnalysisConfig(
-        readout=params["readout"],
-        sites=params["sites"],
-        batch_size=params["batch_size"],
-        chunk_tokens=params["chunk_tokens"],
-        top_k=params["top_k"],
-        seed=params["seed"],
-    )
+    group = typer.main.get_command(app)
+    command = group.get_command(typer.Context(group), argv[0]) if argv else None
+    if command is None or argv[0] != "entropy":
+        raise LayerpolicyError(f"not a `layerpolicy entropy` command: {argv!r}")
+    params = command.make_context(argv[0], list(argv[1:])).params
+    names = inspect.signature(analysis_spec).parameters
+    return analysis_spec(**{name: params[name] for name in names})

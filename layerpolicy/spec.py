@@ -45,7 +45,7 @@ TRAIN_FLAGS: dict[str, str | None] = {
     "grpo": "--grpo",
 }
 # Flags of the prompt and model settings that `layerpolicy train` takes
-TRAIN_MODEL_FLAGS = ("--model", "--dtype", "--device", "--offline")
+TRAIN_MODEL_FLAGS = ("--model", "--dtype", "--device", "--device-map", "--max-memory", "--offline")
 TRAIN_PROMPT_FLAGS = ("--prompts", "--limit")
 # A preset: the model and the TrainConfig fields of a shipped run. The paper's Qwen3-4B run
 # (docs/method.md section 4): 300 rollouts of 128 prompts x 8, k = 6, s_inter = 30. The response
@@ -150,12 +150,17 @@ class RunSpec:
     def header(
         self, prompts_sha256: str | None = None, *, model_name: str | None = None
     ) -> dict[str, Any]:
-        """The start of run.json: format version, kind, settings, the command line, versions."""
+        """The start of run.json: format version, kind, settings, the command line (None where
+        the spec has settings no flag takes, e.g. prompts given as loaded items), versions."""
+        try:
+            argv: list[str] | None = self.to_argv()
+        except LayerpolicyError:
+            argv = None
         return {
             "format_version": FORMAT_VERSION,
             "kind": self.kind,
             "settings": self.settings(prompts_sha256, model_name=model_name),
-            "argv": self.to_argv(),
+            "argv": argv,
             "versions": versions(),
         }
 

@@ -14,9 +14,8 @@ from layerpolicy.config import AnalysisConfig, PromptConfig
 from layerpolicy.engine import Engine
 from layerpolicy.errors import RunDirectoryError
 from layerpolicy.prompts import load_prompts
+from layerpolicy.report import run_figures
 from layerpolicy.runs import RunDirectory
-
-FAST = AnalysisConfig(batch_size=2, n_boot=50)
 
 
 def test_entropy_cli_writes_tables_record_and_figures(tiny_dirs, tmp_path, capsys):
@@ -53,18 +52,24 @@ def test_entropy_cli_writes_tables_record_and_figures(tiny_dirs, tmp_path, capsy
     assert "final (pi_theta)" in capsys.readouterr().out
 
 
-def test_final_entropy_in_summary_matches_the_token_table(tiny_models):
-    result = analyse(tiny_models["llama"], load_prompts(None, limit=2), config=FAST, progress=False)
+def test_final_entropy_in_summary_matches_the_token_table(tiny_models, analysis_config):
+    result = analyse(
+        tiny_models["llama"], load_prompts(None, limit=2), config=analysis_config, progress=False
+    )
     final_tokens = result.tokens[result.tokens.site == "final"]
     final_row = result.summary.query("metric == 'entropy' and site == 'final'").iloc[0]
     assert final_row.pooled_mean == pytest.approx(final_tokens.entropy.mean(), rel=1e-5)
     assert final_row.layer == final_row.n_layers == 4
 
 
-def test_interrupted_run_resumes_and_matches_uninterrupted(tiny_models, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_and_matches_uninterrupted(
+    tiny_models, tmp_path, monkeypatch, analysis_config
+):
     model = tiny_models["qwen2"]
     prompts = load_prompts(None, limit=5)
-    reference = analyse(model, prompts, config=FAST, progress=False, out=tmp_path / "whole")
+    reference = analyse(
+        model, prompts, config=analysis_config, progress=False, out=tmp_path / "whole"
+    )
 
     real_score = Engine.score
     calls = {"n": 0}
@@ -78,7 +83,7 @@ def test_interrupted_run_resumes_and_matches_uninterrupted(tiny_models, tmp_path
     monkeypatch.setattr(Engine, "score", interrupt_second_batch)
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
-        analyse(model, prompts, config=FAST, progress=False, out=out)
+        analyse(model, prompts, config=analysis_config, progress=False, out=out)
     assert len(list((out / "parts").glob("part-*.parquet"))) == 1
     assert not (out / "summary.csv").exists()
 
@@ -89,7 +94,7 @@ def test_interrupted_run_resumes_and_matches_uninterrupted(tiny_models, tmp_path
         return real_score(engine, encoded)
 
     monkeypatch.setattr(Engine, "score", count)
-    resumed = analyse(model, prompts, config=FAST, progress=False, out=out)
+    resumed = analyse(model, prompts, config=analysis_config, progress=False, out=out)
     assert scored == [item.id for item in prompts.items[2:]]
     key = ["prompt_id", "site", "layer", "position"]
     a = reference.tokens.sort_values(key).reset_index(drop=True)
@@ -97,10 +102,14 @@ def test_interrupted_run_resumes_and_matches_uninterrupted(tiny_models, tmp_path
     pd.testing.assert_frame_equal(a, b)
 
 
-def test_finished_run_is_loaded_not_recomputed(tiny_models, tmp_path, monkeypatch):
+def test_finished_run_is_loaded_not_recomputed(tiny_models, tmp_path, monkeypatch, analysis_config):
     out = tmp_path / "run"
     first = analyse(
-        tiny_models["qwen2"], load_prompts(None, limit=2), config=FAST, progress=False, out=out
+        tiny_models["qwen2"],
+        load_prompts(None, limit=2),
+        config=analysis_config,
+        progress=False,
+        out=out,
     )
 
     def fail(*args, **kwargs):
@@ -108,18 +117,23 @@ def test_finished_run_is_loaded_not_recomputed(tiny_models, tmp_path, monkeypatc
 
     monkeypatch.setattr(Engine, "score", fail)
     again = analyse(
-        tiny_models["qwen2"], load_prompts(None, limit=2), config=FAST, progress=False, out=out
+        tiny_models["qwen2"],
+        load_prompts(None, limit=2),
+        config=analysis_config,
+        progress=False,
+        out=out,
     )
     pd.testing.assert_frame_equal(first.summary, again.summary, check_dtype=False)
     assert load_run(out).record["status"] == "complete"
 
 
-def test_other_settings_in_the_same_directory_are_refused(tiny_models, tmp_path):
+def test_other_settings_in_the_same_directory_are_refused(tiny_models, tmp_path, analysis_config):
     out = tmp_path / "run"
     prompts = load_prompts(None, limit=2)
-    RunDirectory(out).start({"settings": {"model": "x", "readout": "raw"}}, force=False)
+    settings = {"format_version": 2, "model": "x", "readout": "raw"}
+    RunDirectory(out).start({"settings": settings}, force=False)
     with pytest.raises(RunDirectoryError, match="other settings"):
-        analyse(tiny_models["qwen2"], prompts, config=FAST, progress=False, out=out)
+        analyse(tiny_models["qwen2"], prompts, config=analysis_config, progress=False, out=out)
 
 
 def test_generate_scores_sampled_response_only_and_is_reproducible(tiny_models):
@@ -135,9 +149,9 @@ def test_generate_scores_sampled_response_only_and_is_reproducible(tiny_models):
     assert (first.tokens.target_id >= 0).all()
 
 
-def test_logit_lens_readout_differs_from_raw_except_final(tiny_models):
+def test_logit_lens_readout_differs_from_raw_except_final(tiny_models, analysis_config):
     prompts = load_prompts(None, limit=2)
-    raw = analyse(tiny_models["qwen2"], prompts, config=FAST, progress=False)
+    raw = analyse(tiny_models["qwen2"], prompts, config=analysis_config, progress=False)
     lens = analyse(
         tiny_models["qwen2"],
         prompts,
@@ -195,14 +209,15 @@ def test_smaller_site_sets_write_their_figures(tiny_models, tmp_path, sites):
         tiny_models["qwen2"], load_prompts(None, limit=2), config=config, progress=False, out=out
     )
     assert set(result.tokens.site) <= {"embed", "resid", "attn", "mlp", "final"}
+    run_figures(result)  # analyse draws nothing; the caller draws the run's figures
     assert (out / "figures" / "entropy_profile.png").is_file()
     assert not (out / "figures" / "entropy_change.png").exists()
 
 
-def test_finished_run_with_other_settings_is_refused(tiny_models, tmp_path):
+def test_finished_run_with_other_settings_is_refused(tiny_models, tmp_path, analysis_config):
     out = tmp_path / "run"
     prompts = load_prompts(None, limit=2)
-    analyse(tiny_models["qwen2"], prompts, config=FAST, progress=False, out=out)
+    analyse(tiny_models["qwen2"], prompts, config=analysis_config, progress=False, out=out)
     with pytest.raises(RunDirectoryError, match="readout"):
         analyse(
             tiny_models["qwen2"],

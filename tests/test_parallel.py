@@ -6,6 +6,7 @@ needed); accelerate's `--cpu` starts a single process unless it is given an MPI 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -27,7 +28,6 @@ from layerpolicy.prompts import load_prompts
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-FAST = AnalysisConfig(batch_size=2, n_boot=50)
 N_PROMPTS = 8
 KEY = ["prompt_id", "site", "layer", "position"]
 
@@ -66,12 +66,14 @@ def _as_rank(monkeypatch, rank: int, world: int = 2) -> None:
     monkeypatch.setenv("WORLD_SIZE", str(world))
 
 
-def test_shards_resume_one_by_one_and_merge_to_the_single_run(tiny_models, tmp_path, monkeypatch):
+def test_shards_resume_one_by_one_and_merge_to_the_single_run(
+    tiny_models, tmp_path, monkeypatch, analysis_config
+):
     """Each rank run in turn in this process: a missing shard is named, a finished shard is not
     scored again, and the merge equals a single-process run."""
     model = tiny_models["qwen2"]
     prompts = load_prompts(None, limit=6)
-    single = analyse(model, prompts, config=FAST, progress=False, figures=False)
+    single = analyse(model, prompts, config=analysis_config, progress=False)
     out = tmp_path / "run"
     monkeypatch.setenv("LAYERPOLICY_SHARD_TIMEOUT", "0.5")
     real_score = Engine.score
@@ -86,19 +88,19 @@ def test_shards_resume_one_by_one_and_merge_to_the_single_run(tiny_models, tmp_p
     _as_rank(monkeypatch, 0)
     missing = "shard-1-of-2 \\(prompts builtin-0003..builtin-0005\\) is missing"
     with pytest.raises(RunDirectoryError, match=missing):
-        analyse(model, prompts, config=FAST, progress=False, out=out, figures=False)
+        analyse(model, prompts, config=analysis_config, progress=False, out=out)
     assert scored == ["builtin-0000", "builtin-0001", "builtin-0002"]
 
     _as_rank(monkeypatch, 1)
-    other = AnalysisConfig(batch_size=2, n_boot=50, readout="logit-lens")
+    other = dataclasses.replace(analysis_config, readout="logit-lens")
     with pytest.raises(RunDirectoryError, match=r"holds shards with other settings \(readout\)"):
-        analyse(model, prompts, config=other, progress=False, out=out, figures=False)
+        analyse(model, prompts, config=other, progress=False, out=out)
     with pytest.raises(RunDirectoryError, match="merge by the main process"):
-        analyse(model, prompts, config=FAST, progress=False, out=out, figures=False)
+        analyse(model, prompts, config=analysis_config, progress=False, out=out)
     assert scored[3:] == ["builtin-0003", "builtin-0004", "builtin-0005"]
 
     _as_rank(monkeypatch, 0)
-    merged = analyse(model, prompts, config=FAST, progress=False, out=out, figures=False)
+    merged = analyse(model, prompts, config=analysis_config, progress=False, out=out)
     assert len(scored) == 6  # both shards were finished: nothing scored again
     pd.testing.assert_frame_equal(_sorted(merged.tokens), _sorted(single.tokens))
     pd.testing.assert_frame_equal(merged.summary, single.summary, check_dtype=False)
@@ -109,7 +111,7 @@ def test_shards_resume_one_by_one_and_merge_to_the_single_run(tiny_models, tmp_p
         ["builtin-0003", "builtin-0004", "builtin-0005"],
     ]
     _as_rank(monkeypatch, 1)
-    again = analyse(model, prompts, config=FAST, progress=False, out=out, figures=False)
+    again = analyse(model, prompts, config=analysis_config, progress=False, out=out)
     pd.testing.assert_frame_equal(again.tokens, merged.tokens, check_dtype=False)
 
 
@@ -126,7 +128,6 @@ def single_run(tiny_dirs, tmp_path_factory):
         config=AnalysisConfig(batch_size=1),
         progress=False,
         out=out,
-        figures=False,
     )
 
 

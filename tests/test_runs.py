@@ -1,4 +1,5 @@
-"""Run directories: file modes, the OS lock (two processes, kill -9), settings, old file names."""
+"""Run directories: file modes, the OS lock (two processes, kill -9), settings, old formats,
+damaged tables."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from layerpolicy.prompts import load_prompts
 from layerpolicy.runs import RunDirectory, write_csv, write_json, write_parquet
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = AnalysisConfig(batch_size=2, n_boot=50)
 KEY = ["prompt_id", "site", "layer", "position"]
 
 # Holds OUT's lock, says so on stdout, then sleeps until killed.
@@ -124,42 +124,95 @@ def test_out_that_is_a_file_is_one_line_error(tmp_path):
         pass
 
 
-def test_check_settings_names_what_changed_and_skips_ignored_keys(tmp_path):
+def test_check_settings_names_what_changed_and_allows_the_given_keys(tmp_path):
     run = RunDirectory(tmp_path / "run")
-    run.start({"settings": {"model": "m", "lr": 1e-6, "steps": 10}}, force=False)
-    run.check_settings({"model": "m", "lr": 1e-6, "steps": 20}, ignore=["steps"])
-    with pytest.raises(RunDirectoryError, match=r"other settings \(lr, steps\)"):
-        run.check_settings({"model": "m", "lr": 1e-5, "steps": 20})
-
-
-def test_runs_written_with_the_old_prompt_means_name_still_load(tiny_models, tmp_path):
-    out = tmp_path / "run"
-    result = analyse(
-        tiny_models["qwen2"], load_prompts(None, limit=2), config=FAST, progress=False, out=out
+    run.start(
+        {"settings": {"format_version": 2, "model": "m", "lr": 1e-6, "steps": 10}}, force=False
     )
-    assert (out / "prompt_means.parquet").is_file() and not (out / "prompts.parquet").exists()
-    (out / "prompt_means.parquet").rename(out / "prompts.parquet")
-    old = load_run(out)
-    pd.testing.assert_frame_equal(old.prompt_means, result.prompt_means, check_dtype=False)
+    run.check_settings(
+        {"format_version": 2, "model": "m", "lr": 1e-6, "steps": 20}, allowed=["steps"]
+    )
+    with pytest.raises(RunDirectoryError, match=r"other settings \(lr, steps\)"):
+        run.check_settings({"format_version": 2, "model": "m", "lr": 1e-5, "steps": 20})
 
 
-def test_a_finished_run_is_recognised_without_loading_the_model(tiny_dirs, tmp_path, monkeypatch):
+def test_runs_of_the_old_format_are_refused_with_one_line(tiny_models, tmp_path, analysis_config):
+    out = tmp_path / "run"
+    analyse(
+        tiny_models["qwen2"],
+        load_prompts(None, limit=2),
+        config=analysis_config,
+        progress=False,
+        out=out,
+    )
+    record = json.loads((out / "run.json").read_text())
+    assert record["format_version"] == record["settings"]["format_version"] == 2
+    del record["format_version"], record["settings"]["format_version"]  # as format 1 wrote it
+    (out / "run.json").write_text(json.dumps(record))
+    fix = r"holds a run of format 1 \(this layerpolicy reads format 2\); rerun with --force"
+    with pytest.raises(RunDirectoryError, match=fix):
+        load_run(out)
+    with pytest.raises(RunDirectoryError, match=fix):
+        analyse(
+            tiny_models["qwen2"],
+            load_prompts(None, limit=2),
+            config=analysis_config,
+            progress=False,
+            out=out,
+        )
+    rerun = analyse(
+        tiny_models["qwen2"], load_prompts(None, limit=2), config=analysis_config,
+        progress=False, out=out, force=True,
+    )  # fmt: skip
+    assert rerun.record["format_version"] == 2
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_damaged_table_is_one_line_naming_the_file_and_the_fix(
+    tiny_models, tmp_path, damage, analysis_config
+):
+    out = tmp_path / "run"
+    analyse(
+        tiny_models["qwen2"],
+        load_prompts(None, limit=2),
+        config=analysis_config,
+        progress=False,
+        out=out,
+    )
+    tokens = out / "tokens.parquet"
+    if damage == "truncated":
+        tokens.write_bytes(tokens.read_bytes()[:100])
+    else:
+        tokens.unlink()
+    with pytest.raises(RunDirectoryError) as error:
+        load_run(out)
+    message = str(error.value)
+    assert message.startswith(str(tokens)) and "\n" not in message
+    assert ("damaged" if damage == "truncated" else "missing") in message
+    assert message.endswith("with --out pointing here and --force")
+
+
+def test_a_finished_run_is_recognised_without_loading_the_model(
+    tiny_dirs, tmp_path, monkeypatch, analysis_config
+):
     out = tmp_path / "run"
     spec = str(tiny_dirs["llama"])
-    first = analyse(spec, None, limit=2, config=FAST, progress=False, out=out, figures=False)
+    first = analyse(spec, None, limit=2, config=analysis_config, progress=False, out=out)
 
     def no_load(*args, **kwargs):
         raise AssertionError("the model was loaded for a finished run")
 
     monkeypatch.setattr("layerpolicy.config.ModelConfig.load", no_load)
-    again = analyse(spec, None, limit=2, config=FAST, progress=False, out=out)
+    again = analyse(spec, None, limit=2, config=analysis_config, progress=False, out=out)
     pd.testing.assert_frame_equal(first.summary, again.summary, check_dtype=False)
     with pytest.raises(RunDirectoryError, match="other settings"):
-        analyse(spec, None, limit=3, config=FAST, progress=False, out=out)
+        analyse(spec, None, limit=3, config=analysis_config, progress=False, out=out)
 
 
-def test_result_profile_is_the_summary_column_by_layer(tiny_models):
-    result = analyse(tiny_models["qwen2"], load_prompts(None, limit=2), config=FAST, progress=False)
+def test_result_profile_is_the_summary_column_by_layer(tiny_models, analysis_config):
+    result = analyse(
+        tiny_models["qwen2"], load_prompts(None, limit=2), config=analysis_config, progress=False
+    )
     profile = result.profile("entropy", "resid")
     rows = result.summary.query("metric == 'entropy' and site == 'resid'").sort_values("layer")
     assert list(profile.index) == list(rows.layer)
@@ -208,7 +261,6 @@ def test_two_processes_on_one_out_both_end_with_the_single_run(tiny_dirs, tmp_pa
         config=AnalysisConfig(batch_size=1),
         progress=False,
         out=tmp_path / "single",
-        figures=False,
     )
     shared = load_run(out)
     assert shared.tokens.prompt_id.nunique() == 4

@@ -284,7 +284,7 @@ def test_run_json_records_what_was_sampled_and_how(tiny_models, tmp_path):
     prompts = PromptConfig(limit=2, generate=4, temperature=0.9)
     analyse(
         tiny_models["llama"], prompts, config=AnalysisConfig(batch_size=2, n_boot=10, seed=5),
-        out=out, progress=False, figures=False,
+        out=out, progress=False,
     )  # fmt: skip
     record = json.loads((out / "run.json").read_text())
     sampling = record["sampling"]

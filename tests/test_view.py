@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import re
@@ -43,9 +44,8 @@ needs_browser = pytest.mark.skipif(
 )
 
 
-def _run(model, out: Path, top_k: int) -> Path:
-    config = AnalysisConfig(batch_size=2, n_boot=50, top_k=top_k)
-    analyse(model, None, limit=2, config=config, out=out, progress=False, figures=False)
+def _run(model, out: Path, config: AnalysisConfig) -> Path:
+    analyse(model, None, limit=2, config=config, out=out, progress=False)
     return out
 
 
@@ -56,15 +56,17 @@ def qwen2(tiny_dirs):
 
 
 @pytest.fixture(scope="module")
-def top_run(qwen2, tmp_path_factory) -> Path:
+def top_run(qwen2, tmp_path_factory, analysis_config) -> Path:
     """A finished run of 2 built-in prompts whose resid and final rows hold top-5 tokens."""
-    return _run(qwen2, tmp_path_factory.mktemp("view") / "top", TOP_K)
+    top_k = dataclasses.replace(analysis_config, top_k=TOP_K)
+    return _run(qwen2, tmp_path_factory.mktemp("view") / "top", top_k)
 
 
 @pytest.fixture(scope="module")
-def plain_run(qwen2, tmp_path_factory) -> Path:
+def plain_run(qwen2, tmp_path_factory, analysis_config) -> Path:
     """The same run without top-k data."""
-    return _run(qwen2, tmp_path_factory.mktemp("view") / "plain", 0)
+    no_top_k = dataclasses.replace(analysis_config, top_k=0)
+    return _run(qwen2, tmp_path_factory.mktemp("view") / "plain", no_top_k)
 
 
 @pytest.fixture(scope="module")

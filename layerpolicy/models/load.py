@@ -167,7 +167,12 @@ def _quantisation(source: ModelSource, location: str) -> str | None:
     elif source.kind == "gguf":
         from .gguf import converted_quantisation
 
-        quantisation = converted_quantisation(Path(location)) or "unrecorded"
+        quantisation = converted_quantisation(Path(location))
+        if quantisation is None:
+            raise LayerpolicyError(
+                f"{location} was converted by an older layerpolicy (no quantisation recorded); "
+                "delete that directory and rerun to convert the GGUF file again"
+            )
     else:
         return None
     return f"{quantisation} (dequantised to float32)"

@@ -65,7 +65,7 @@ class Report:
 
 def build_report(result: RunTables, *, max_prompts: int = MAX_PROMPTS) -> Report:
     """The report of one finished analysis; heatmaps for its first `max_prompts` prompts."""
-    if result.record.get("kind", "entropy") != "entropy":
+    if result.record.get("kind") != "entropy":
         raise LayerpolicyError(
             f"a report needs an entropy run, got a {result.record.get('kind')!r} run; "
             "pass a `layerpolicy entropy` run directory"
