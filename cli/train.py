@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import typer
@@ -15,6 +15,9 @@ from layerpolicy.errors import LayerpolicyError
 
 from . import options
 from .console import console
+
+if TYPE_CHECKING:
+    from layerpolicy.spec import RunSpec
 
 # (log column, header, format, width) of the live per-rollout table; act = share of groups with
 # non-zero advantage, KL(pi||k) = KL(pi_theta || pi^k), s = seconds
@@ -32,14 +35,9 @@ _COLUMNS = (
     ("response_len", "len", "{:.1f}", 5),
     ("seconds", "s", "{:.1f}", 5),
 )
-# CLI parameter -> TrainConfig field, where the names differ
+# CLI parameter -> RunSpec field (RunSpec.of), where the names differ
 _FIELDS = {"lora": "lora_rank", "screen": "screen_samples"}
-_CONFIG_PARAMS = (
-    "steps", "inter_steps", "group_size", "prompts_per_step", "mini_batches", "grad_accum",
-    "num_iterations", "max_new_tokens", "temperature", "lr", "beta", "seed", "save_every",
-    "analyse", "analysis_prompts", "thinking", "use_vllm", "lora", "report_to", "layer_stats",
-    "screen", "eval_samples",
-)  # fmt: skip
+_NOT_SETTINGS = ("preset", "resume", "out")
 
 
 def register(app: typer.Typer) -> None:
@@ -124,47 +122,26 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
     device: str = options.Device,
     dtype: options.DType = options.DTypeOption,
+    device_map: options.DeviceMap | None = options.DeviceMapOption,
+    max_memory: str = options.MaxMemory,
     offline: bool = options.Offline,
     out: Path = typer.Option(None, "--out", "-o", help="Run directory (default runs/train-MODEL)."),
 ) -> None:
     """Train with BuPO: GRPO whose first rollouts optimise the internal policy of layer k."""
-    options.check_out_dir(out)
-    from layerpolicy.bupo import TrainConfig
-    from layerpolicy.bupo import preset as preset_settings
+    options.check_out(out)
     from layerpolicy.bupo import train as run_training
-    from layerpolicy.bupo.layer import parse_layer
+    from layerpolicy.bupo.record import reward_lines
 
-    chosen = preset_settings(preset) if preset else {"config": {}}
-    fields: dict[str, Any] = {}
-    for name in _CONFIG_PARAMS:
-        field = _FIELDS.get(name, name)
-        if field in chosen["config"] and _is_default(ctx, name):
-            fields[field] = chosen["config"][field]
-        else:
-            fields[field] = ctx.params[name]
-    from_preset = "layer" in chosen["config"] and _is_default(ctx, "layer")
-    fields["layer"] = parse_layer(chosen["config"]["layer"] if from_preset else layer)
-    if "model" in chosen and _is_default(ctx, "model"):
-        model = chosen["model"]
-    config = TrainConfig(**fields, grpo=parse_grpo(grpo or []))
+    spec = train_spec(ctx, preset)
+    config, model = spec.train, spec.model.spec
+    assert config is not None
     run_dir = options.out_dir(out, "train", Path(model).name or model)
     console.print(
         f"training {model} for {config.steps} rollouts ({config.s_inter} on pi^k), "
         f"run directory {run_dir}",
         highlight=False,
     )
-    result = run_training(
-        model,
-        prompts,
-        out=run_dir,
-        config=config,
-        limit=limit,
-        resume=resume,
-        device=device,
-        dtype=dtype,
-        offline=offline or None,
-        on_step=_row_printer(),
-    )
+    result = run_training(spec, out=run_dir, resume=resume, on_step=_row_printer())
     console.print(f"layer k = {result.layer}: {result.layer_reason}", highlight=False)
     for line in reward_lines(result.record):
         console.print(line, highlight=False)
@@ -175,6 +152,28 @@ def train(
     )
     if result.after is not None:
         console.print(f"compare with: layerpolicy compare {run_dir}/before {run_dir}/after")
+
+
+def train_spec(ctx: typer.Context, preset: str | None) -> RunSpec:
+    """The RunSpec of the command line: a preset's, with the flags given overriding it, or the
+    flags' own. Flags that are not settings (--preset, --resume, --out) are left out."""
+    from layerpolicy.bupo.layer import parse_layer
+    from layerpolicy.spec import RunSpec
+
+    fields: dict[str, Any] = {}
+    for name, value in ctx.params.items():
+        if name in _NOT_SETTINGS or (preset and _is_default(ctx, name)):
+            continue
+        if name == "layer":
+            value = parse_layer(value)
+        elif name == "grpo":
+            value = parse_grpo(value or [])
+        elif name == "offline":
+            value = value or None
+        fields[_FIELDS.get(name, name)] = value
+    if preset:
+        return RunSpec.from_preset(preset, **fields)
+    return RunSpec.of(train=True, **fields)
 
 
 def parse_grpo(pairs: list[str]) -> dict[str, Any]:
@@ -189,32 +188,6 @@ def parse_grpo(pairs: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             parsed[key.strip()] = value
     return parsed
-
-
-def reward_lines(record: dict[str, Any]) -> list[str]:
-    """The screen's kept prompts and the reward before/after training, from a run's record."""
-    lines = []
-    if "screen" in record:
-        screen, summary = record["screen"], record["screen"]["summary"]
-        lines.append(
-            f"screen: trained on {screen['n_kept']} of {summary['n_prompts']} prompts, solved "
-            f"sometimes in {screen['samples']} samples (never {summary['never']:.0%}, always "
-            f"{summary['always']:.0%})"
-        )
-    reward = record.get("reward", {})
-    if "difference" in reward:
-        before, after, change = reward["before"], reward["after"], reward["difference"]
-        lines.append(
-            f"reward, mean over {before['n_prompts']} trained prompts x {reward['samples']} "
-            f"samples [95% CI]: before {_interval(before)}, after {_interval(after)}, "
-            f"after - before {_interval(change, '+.3f')}"
-        )
-    return lines
-
-
-def _interval(entry: dict[str, Any], fmt: str = ".3f") -> str:
-    mean = entry.get("prompt_mean", entry["mean"])
-    return f"{mean:{fmt}} [{entry['ci_low']:{fmt}}, {entry['ci_high']:{fmt}}]"
 
 
 def _is_default(ctx: typer.Context, name: str) -> bool:

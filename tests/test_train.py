@@ -5,6 +5,7 @@ input (the prompt screen and the reward before/after: test_train_screen.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -17,15 +18,17 @@ import pytest
 import torch
 from layerpolicy.cli.app import main
 
-from layerpolicy.bupo import TrainConfig, preset, train
+from layerpolicy.bupo import TrainConfig, train
 from layerpolicy.bupo.config import grpo_arguments
 from layerpolicy.bupo.data import prepare, training_prompts
 from layerpolicy.bupo.layer import boundary_layer_from
 from layerpolicy.bupo.results import entropy_at_k
-from layerpolicy.bupo.run import build_trainer
 from layerpolicy.bupo.trainer import STATE_FILE
+from layerpolicy.bupo.training import build_trainer
+from layerpolicy.config import ModelConfig
 from layerpolicy.errors import LayerpolicyError, PromptSourceError, RunDirectoryError
 from layerpolicy.readout.layer_policy import layer_token_stats
+from layerpolicy.spec import RunSpec
 from tests.reference import plain_model as reference_model
 from tests.training import FAST, K, one_line_error, parity_reward
 
@@ -46,7 +49,7 @@ def above_k(name: str) -> bool:
 
 def make_trainer(tiny_dirs, tmp_path, arch="qwen2", dtype="float32", **settings):
     config = TrainConfig(**{**FAST, "steps": 2, "inter_steps": 1, "layer": K, **settings})
-    setup = prepare(str(tiny_dirs[arch]), config, device="cpu", dtype=dtype)
+    setup = prepare(ModelConfig(str(tiny_dirs[arch]), device="cpu", dtype=dtype), config)
     prompts = training_prompts(None, 4, config.prompts_per_step)
     return build_trainer(setup, prompts, config, tmp_path / "run", K, parity_reward)
 
@@ -352,7 +355,7 @@ def test_two_processes_finish_and_write_the_same_artifacts_as_one(tiny_dirs, tmp
 def test_the_paper_preset_maps_onto_grpo_config(tmp_path):
     from trl import GRPOConfig
 
-    config = TrainConfig(**preset("paper-qwen3-4b")["config"], grad_accum=8)
+    config = RunSpec.from_preset("paper-qwen3-4b", grad_accum=8).train
     assert (config.s_inter, config.layer, config.responses) == (30, 6, 1024)
     eight = grpo_arguments(config, str(tmp_path), world_size=8)
     assert eight["per_device_train_batch_size"] == 4  # 1024 / 4 mini-batches / 8 GPUs / 8 accum
@@ -364,6 +367,7 @@ def test_the_paper_preset_maps_onto_grpo_config(tmp_path):
     one = GRPOConfig(**grpo_arguments(config, str(tmp_path), world_size=1), use_cpu=True)
     assert one.generation_batch_size == 1024 and one.num_generations == 8
     assert (one.epsilon, one.delta, one.beta, one.loss_type) == (0.2, 10.0, 0.0, "dapo")
+    assert one.mask_truncated_completions is False  # as verl: truncated responses stay in
     assert (one.learning_rate, str(one.lr_scheduler_type), one.scale_rewards) == (
         1e-6,
         "SchedulerType.CONSTANT",
@@ -481,7 +485,14 @@ def test_runs_are_not_overwritten_and_resume_checks_settings(tiny_dirs, tmp_path
     with pytest.raises(RunDirectoryError, match="already holds a training run"):
         train(spec, None, out=tmp_path / "c", config=config, limit=2)
     with pytest.raises(RunDirectoryError, match="other settings"):
-        train(spec, None, out=tmp_path / "c", limit=2, resume=True, config=config.replace(seed=1))
+        train(
+            spec,
+            None,
+            out=tmp_path / "c",
+            limit=2,
+            resume=True,
+            config=dataclasses.replace(config, seed=1),
+        )
 
 
 def _installed(name: str) -> bool:

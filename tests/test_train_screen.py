@@ -3,16 +3,16 @@ after training, through train() and the CLI on tiny models."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pandas as pd
 import pytest
-from layerpolicy.cli.train import reward_lines
 
-from layerpolicy.bupo import TrainConfig, train
-from layerpolicy.bupo import run as run_module
+from layerpolicy.bupo import TrainConfig, stages, train, training
 from layerpolicy.bupo.config import RESUMABLE
 from layerpolicy.bupo.evaluate import solve_rates
+from layerpolicy.bupo.record import reward_lines
 from layerpolicy.errors import LayerpolicyError, PromptSourceError, RunDirectoryError
 from layerpolicy.models import load_model
 from layerpolicy.prompts import PromptSet, load_prompts
@@ -24,13 +24,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def spy_trained_prompts(monkeypatch) -> list[list[str]]:
     """The prompt ids of every training dataset train() builds (one list per build)."""
     seen: list[list[str]] = []
-    original = run_module.training_dataset
+    original = training.training_dataset
 
     def spy(prompt_set, tokenizer, config):
         seen.append([item.id for item in prompt_set.items])
         return original(prompt_set, tokenizer, config)
 
-    monkeypatch.setattr(run_module, "training_dataset", spy)
+    monkeypatch.setattr(training, "training_dataset", spy)
     return seen
 
 
@@ -46,7 +46,7 @@ def test_screen_keeps_prompts_solved_sometimes_and_reward_is_measured_before_and
 
     analysed: list[list[str]] = []
     monkeypatch.setattr(
-        run_module, "_analyse", lambda model, items, *a, **k: analysed.append(
+        stages, "analysis_stage", lambda model, named, items, *a, **k: analysed.append(
             [item.id for item in items.items]
         )
     )  # fmt: skip
@@ -65,7 +65,7 @@ def test_screen_keeps_prompts_solved_sometimes_and_reward_is_measured_before_and
     rates = screen.groupby("prompt_id", sort=False)["reward"].mean()
     kept = [p for p in ids if 0 < rates[p] < 1]
     assert rates[ids[0]] == 0 and ids[0] not in kept and len(kept) >= 2
-    assert trained == [kept] and analysed == [kept[:2]]
+    assert trained == [kept] and analysed == [kept[:2]] * 2  # before and after
     record = json.loads((out / "run.json").read_text())
     assert record["screen"]["n_kept"] == len(kept) and record["screen"]["samples"] == 4
     assert record["screen"]["summary"]["never"] == pytest.approx(1 / 5)
@@ -100,10 +100,12 @@ def test_screen_keeps_prompts_solved_sometimes_and_reward_is_measured_before_and
     # eval_samples; screen_samples may not change
     assert "eval_samples" in RESUMABLE and "screen_samples" not in RESUMABLE
     with pytest.raises(RunDirectoryError, match="screen_samples"):
-        train(spec, None, config=config.replace(screen_samples=5), resume=True, **common)
+        train(
+            spec, None, config=dataclasses.replace(config, screen_samples=5), resume=True, **common
+        )
     edited = screen.assign(reward=[0.0, 1.0, 0.0, 0.0] * 2 + [1.0] * 12)
     edited.to_csv(out / "screen.csv", index=False)
-    resumed = config.replace(steps=2, eval_samples=1)
+    resumed = dataclasses.replace(config, steps=2, eval_samples=1)
     train(spec, None, config=resumed, resume=True, **common)
     assert trained[-1] == ids[:2]
     after = pd.read_csv(out / "reward_after.csv", dtype={"prompt_id": str})

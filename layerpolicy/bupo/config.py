@@ -1,4 +1,5 @@
-"""BuPO settings (`TrainConfig`), the paper's presets, and their mapping onto TRL's GRPOConfig.
+"""BuPO settings (`TrainConfig`) and their mapping onto TRL's GRPOConfig (the shipped runs'
+settings are presets of `layerpolicy.spec.RunSpec.from_preset`).
 
 Units: a *step* is one rollout (generation round): `prompts_per_step` prompts x `group_size`
 responses, then `mini_batches` optimizer steps on them (x `num_iterations` passes). s_inter
@@ -8,6 +9,8 @@ responses, then `mini_batches` optimizer steps on them (x `num_iterations` passe
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -120,42 +123,8 @@ class TrainConfig:
         """Optimizer steps per rollout."""
         return self.mini_batches * self.num_iterations
 
-    def phase(self, step: int) -> str:
-        """ "inter" (IPA on pi^k) for rollouts 1..s_inter, then "full" (GRPO on pi_theta)."""
-        return "inter" if step <= self.s_inter else "full"
-
     def recorded(self) -> dict[str, Any]:
         return {**asdict(self), "inter_steps": self.s_inter}
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
-
-
-# The paper's Qwen3-4B run (docs/method.md section 4): 300 rollouts of 128 prompts x 8, k = 6,
-# s_inter = 30. The response budget is not part of the paper's table; 4096 tokens is ours.
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper-qwen3-4b": {
-        "model": "Qwen/Qwen3-4B",
-        "config": dict(
-            steps=300,
-            inter_steps=30,
-            layer=6,
-            group_size=8,
-            prompts_per_step=128,
-            mini_batches=4,
-            max_new_tokens=4096,
-            lr=1e-6,
-            save_every=10,
-        ),
-    },
-}
-
-
-def preset(name: str) -> dict[str, Any]:
-    """A preset's model and TrainConfig fields; one line naming the choices when unknown."""
-    if name not in PRESETS:
-        raise LayerpolicyError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return PRESETS[name]
 
 
 def grpo_arguments(
@@ -221,7 +190,55 @@ def grpo_arguments(
         raise LayerpolicyError(
             f"--grpo names no GRPOConfig field: {', '.join(unknown)} (see GRPOConfig's docs)"
         )
+    check_grpo_types(config.grpo)
     return {**arguments, **config.grpo}
+
+
+def check_grpo_types(values: dict[str, Any]) -> None:
+    """A one-line error naming the first GRPOConfig field whose value has the wrong type."""
+    from trl import GRPOConfig
+
+    hints = typing.get_type_hints(GRPOConfig)
+    for key, value in values.items():
+        if not _fits(value, hints[key]):
+            raise LayerpolicyError(
+                f"--grpo {key}={value!r}: {key} takes {_type_name(hints[key])}; "
+                'give a JSON value of that type (e.g. 4, 0.5, true, null, "text")'
+            )
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether `value` (parsed JSON) is of the type `hint`; classes it cannot judge pass."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if (origin or hint) in (list, tuple):
+        return isinstance(value, list)
+    if (origin or hint) is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint))
 
 
 def _grpo_fields() -> set[str]:

@@ -1,7 +1,8 @@
 """What the trainer consumes: the plain model and tokenizer, the prompt dataset, the reward.
 
 The trained model is a plain Hugging Face causal LM (no TransformerLens bridge), so DDP, FSDP,
-DeepSpeed and PEFT wrap it as they wrap any model. Prompts go to TRL as chat messages (rendered
+DeepSpeed and PEFT wrap it as they wrap any model; TRL's trainer loads it from the source that
+`prepare` resolves (`layerpolicy.models.causal_lm`). Prompts go to TRL as chat messages (rendered
 with the tokenizer's template, in no-thinking mode where the template has the switch) or, for a
 tokenizer without a template, as plain text.
 """
@@ -12,79 +13,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..devices import choose_device, choose_dtype
+from ..config import ModelConfig, PromptConfig
 from ..errors import PromptSourceError
-from ..models import LoadedModel, load_tokenizer, resolve_spec
-from ..models.load import local_directory
-from ..prompts import ANSWER_COLUMNS, PromptSet, load_prompts, thinking_mode, uses_chat_template
-from ..readout.layer_policy import n_blocks
+from ..models.causal_lm import CausalLMSource, causal_lm_source
+from ..prompts import ANSWER_COLUMNS, PromptSet, thinking_mode, uses_chat_template
 from .config import TrainConfig
 from .reward import RewardFn
 
 
-@dataclass
-class TrainingSetup:
-    """The model to train (plain HF), its tokenizer, name, depth L, device and record entry."""
+@dataclass(frozen=True)
+class TrainingModel:
+    """What the trainer loads (the source, no weights yet), its tokenizer and thinking mode."""
 
-    model: torch.nn.Module
+    source: CausalLMSource
     tokenizer: Any
-    name: str
-    n_layers: int
-    device: str
-    info: dict[str, Any]
-    chat_template_kwargs: dict[str, Any]
+    thinking: bool | None
+
+    @property
+    def chat_template_kwargs(self) -> dict[str, Any]:
+        return {} if self.thinking is None else {"enable_thinking": self.thinking}
+
+    def info(self) -> dict[str, Any]:
+        """The record's model entry."""
+        return {**self.source.info(), "thinking": self.thinking}
 
 
-def prepare(
-    model: str | LoadedModel,
-    config: TrainConfig,
-    *,
-    device: str = "auto",
-    dtype: str = "float32",
-    offline: bool | None = None,
-    progress: bool = True,
-) -> TrainingSetup:
-    """Load `model` as a plain Hugging Face causal LM in `dtype` (a LoadedModel: its plain view,
-    sharing its tensors, so it is trained in place)."""
-    from transformers import AutoModelForCausalLM
-
-    if isinstance(model, LoadedModel):
-        hf_model, tokenizer = model.plain, model.tokenizer
-        name, info = model.info.name, model.info.to_dict()
-    else:
-        source = resolve_spec(model, offline=offline)
-        location = local_directory(source, progress=progress)
-        torch_dtype = choose_dtype(dtype, choose_device(device).type == "cuda")
-        hf_model = AutoModelForCausalLM.from_pretrained(
-            location, dtype=torch_dtype, attn_implementation="sdpa"
-        )
-        tokenizer = load_tokenizer(location)
-        name = source.name
-        info = {"spec": model, "name": name, "source_kind": source.kind, "location": location}
-        info.update(architecture=type(hf_model).__name__, dtype=str(torch_dtype).split(".")[-1])
-    mode = thinking_mode(tokenizer, config.thinking)
-    return TrainingSetup(
-        model=hf_model,
-        tokenizer=tokenizer,
-        name=name,
-        n_layers=n_blocks(hf_model),
-        device=str(choose_device(device)).split(":")[0],
-        info={**info, "n_layers": n_blocks(hf_model), "thinking": mode},
-        chat_template_kwargs={} if mode is None else {"enable_thinking": mode},
-    )
-
-
-def model_depth(model: str | LoadedModel, *, offline: bool | None = None) -> tuple[int, str]:
-    """Decoder blocks L and the model's name, from its config alone (no weights loaded)."""
-    if isinstance(model, LoadedModel):
-        return model.n_layers, model.info.name
-    from transformers import AutoConfig
-
-    source = resolve_spec(model, offline=offline)
-    config = AutoConfig.from_pretrained(local_directory(source)).get_text_config()
-    return int(config.num_hidden_layers), source.name
+def prepare(model: ModelConfig, config: TrainConfig, *, progress: bool = True) -> TrainingModel:
+    """The model to train as a plain Hugging Face causal LM: resolved and its tokenizer loaded;
+    the weights are loaded by the trainer."""
+    source = causal_lm_source(model, progress=progress)
+    tokenizer = source.tokenizer()
+    return TrainingModel(source, tokenizer, thinking_mode(tokenizer, config.thinking))
 
 
 def require_answers(prompt_set: PromptSet, needed_by: str) -> None:
@@ -99,11 +58,13 @@ def require_answers(prompt_set: PromptSet, needed_by: str) -> None:
 
 
 def training_prompts(
-    prompts: str | Path | PromptSet | None, limit: int | None, per_step: int = 1
+    prompts: str | Path | PromptSet | PromptConfig | None,
+    limit: int | None = None,
+    per_step: int = 1,
 ) -> PromptSet:
     """Load prompts and check that every one has a ground-truth answer for the reward, and that
     there are at least `per_step` of them (one rollout's distinct prompts)."""
-    prompt_set = load_prompts(prompts, limit=limit)
+    prompt_set = PromptConfig.of(prompts, limit).load()
     require_answers(prompt_set, "training")
     if len(prompt_set.items) < per_step:
         raise PromptSourceError(

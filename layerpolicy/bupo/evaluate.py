@@ -39,13 +39,15 @@ def solve_rates(
     thinking: bool = False,
     batch_size: int = 32,
     reward_fn: RewardFn = math_reward,
+    sampler: str = "hf",
     progress: bool = True,
 ) -> pd.DataFrame:
     """`samples` responses per prompt from pi_theta at `temperature`, rewarded: the rows table.
 
-    Sampling is the project's sampler (pure softmax(z / T), seeded per response from `seed`, the
-    prompt id and the sample index); responses are decoded without special tokens, as TRL hands
-    completions to the reward during training. Rows come in prompt order, then sample index.
+    Sampling is the project's sampler (`sampler` hf or vllm; pure softmax(z / T), seeded per
+    response from `seed`, the prompt id and the sample index); responses are decoded without
+    special tokens, as TRL hands completions to the reward during training. Rows come in prompt
+    order, then sample index.
     """
     require_answers(prompt_set, "the reward")
     config = SamplingConfig(
@@ -54,6 +56,7 @@ def solve_rates(
         seed=seed,
         batch_size=batch_size,
         n=samples,
+        sampler=sampler,
     )
     truths = {item.id: item.answer or "" for item in prompt_set.items}
     stops = set(stop_token_ids(model.tokenizer, model.plain))

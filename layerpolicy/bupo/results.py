@@ -11,19 +11,24 @@ from ..analysis import AnalysisResult
 from ..errors import RunDirectoryError
 from ..report.train import train_figures
 from ..runs import RunDirectory, read_json
+from ..spec import RunSpec
 from ..tables.schema import ENTROPY_CHANGE
 from ..tables.shape import shape_statistics
 from ..tables.stats import profile
-from .config import RESUMABLE
 from .trainer import STATE_FILE
 
 
 def open_run(
-    run: RunDirectory, settings: dict[str, Any], resume: bool, *, check: bool = True
+    run: RunDirectory,
+    settings: dict[str, Any],
+    resume: bool,
+    *,
+    spec: RunSpec,
+    check: bool = True,
 ) -> tuple[dict[str, Any] | None, Path | None]:
-    """The previous record and newest checkpoint when resuming (settings must match, except
-    the RESUMABLE ones); (None, None) for a new run. `check`: refuse an existing run unless
-    resuming (the main process checks; the others only read)."""
+    """The previous record and newest checkpoint when resuming (the spec's settings must match
+    the recorded `settings`, except the resumable ones); (None, None) for a new run. `check`:
+    refuse an existing run unless resuming (the main process checks; the others only read)."""
     if not resume:
         if check and run.exists():
             raise RunDirectoryError(
@@ -34,17 +39,9 @@ def open_run(
     if not run.exists():
         raise RunDirectoryError(f"{run.path} holds no training run to resume; drop --resume")
     record = read_json(run.record_path)
-    previous = record.get("settings", {})
-    changed = sorted(
-        key
-        for key in {*previous, *settings}
-        if key not in RESUMABLE and previous.get(key) != settings.get(key)
+    spec.check_against(
+        record, resume=True, where=str(run.path), prompts_sha256=settings["prompts_sha256"]
     )
-    if changed:
-        raise RunDirectoryError(
-            f"{run.path} was trained with other settings ({', '.join(changed)}); resume with the "
-            "same ones or choose another --out"
-        )
     return record, latest_checkpoint(run.path)
 
 
