@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 import warnings
 
 import typer
 
 from layerpolicy.errors import LayerpolicyError
+from layerpolicy.spec import RunSpec
 
-from . import compare, entropy, models, train, view
+from . import compare, entropy, models, options, train, view
 from .console import err_console
 
 app = typer.Typer(
@@ -21,6 +23,18 @@ app = typer.Typer(
 )
 for _command in (entropy, compare, train, models, view):
     _command.register(app)
+
+
+def spec_from_argv(argv: list[str]) -> RunSpec:
+    """The RunSpec of a `layerpolicy entropy ...` command line (`argv` without `layerpolicy`),
+    parsed as the command parses it: the inverse of `RunSpec.to_argv` for entropy runs."""
+    group = typer.main.get_command(app)
+    command = group.get_command(typer.Context(group), argv[0]) if argv else None
+    if command is None or argv[0] != "entropy":
+        raise LayerpolicyError(f"not a `layerpolicy entropy` command line: {argv!r}")
+    params = command.make_context(argv[0], list(argv[1:])).params
+    names = inspect.signature(options.analysis_spec).parameters
+    return options.analysis_spec(**{name: params[name] for name in names})
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Literal
 
@@ -17,7 +16,6 @@ from layerpolicy.config import (
     PromptConfig,
 )
 from layerpolicy.devices import DEVICE_MAPS, DTYPES
-from layerpolicy.errors import LayerpolicyError
 from layerpolicy.readout.sites import READOUT_MODES, SITE_SETS
 from layerpolicy.runs import RunDirectory
 from layerpolicy.spec import RunSpec
@@ -182,17 +180,3 @@ def analysis_spec(
             seed=seed,
         ),
     )
-
-
-def spec_from_argv(argv: list[str]) -> RunSpec:
-    """The RunSpec a `layerpolicy entropy ...` command line (without `layerpolicy`) names; the
-    inverse of `RunSpec.to_argv` (e.g. to check that a documented command matches a run)."""
-    from .app import app
-
-    group = typer.main.get_command(app)
-    command = group.get_command(typer.Context(group), argv[0]) if argv else None
-    if command is None or argv[0] != "entropy":
-        raise LayerpolicyError(f"not a `layerpolicy entropy` command: {argv!r}")
-    params = command.make_context(argv[0], list(argv[1:])).params
-    names = inspect.signature(analysis_spec).parameters
-    return analysis_spec(**{name: params[name] for name in names})

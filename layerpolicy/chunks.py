@@ -9,7 +9,6 @@ sum of the embed, attn and mlp logits (no matmul).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,9 +17,6 @@ from .metrics import BlockPicks, ReadoutStats, ReferencePolicy, block_width, rms
 from .readout.capture import ScoredBatch
 from .readout.sites import Site
 from .readout.unembed import Unembedding
-
-if TYPE_CHECKING:
-    from .engine import EngineConfig
 
 NO_TOP_IDS = np.zeros(0, dtype=np.int32)
 NO_TOP_LOGPROBS = np.zeros(0, dtype=np.float32)
@@ -42,26 +38,33 @@ class Policy:
 
 
 class ChunkScorer:
-    """Scores token chunks; its [chunk, vocab] and block buffers are reused across chunks."""
+    """Scores token chunks; its [chunk, vocab] and block buffers are reused across chunks.
+
+    readout, top_k, top_k_sites, block_vocab: as the engine's settings (EngineConfig); linear:
+    use the linearity shortcut; size: tokens per chunk."""
 
     def __init__(
         self,
         unembed: Unembedding,
         order: list[Site],
-        config: EngineConfig,
+        *,
+        readout: str,
+        top_k: int,
+        top_k_sites: tuple[str, ...],
+        block_vocab: int | None,
         linear: bool,
         n_layers: int,
         size: int,
     ):
         self.unembed = unembed
         self.order = order
-        self.readout = config.readout
-        self.top_k = config.top_k
-        self.top_k_sites = set(config.top_k_sites) if config.top_k else set()
+        self.readout = readout
+        self.top_k = top_k
+        self.top_k_sites = set(top_k_sites) if top_k else set()
         self.linear = linear
         self.last = Site("resid", n_layers)
         device, vocab = unembed.device, unembed.vocab_size
-        self.width = block_width(vocab, size, device, config.block_vocab)
+        self.width = block_width(vocab, size, device, block_vocab)
         self.final = torch.empty(size, vocab, device=device)
         self.running = torch.empty(size, vocab, device=device) if linear else None
         self.block = torch.empty(size * self.width, device=device)

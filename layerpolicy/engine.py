@@ -211,7 +211,15 @@ class Engine:
             if self.linear is None:
                 self._check(vectors)
             scorer = scorer or ChunkScorer(
-                self.unembed, self.order, config, self.linear, model.n_layers, size
+                self.unembed,
+                self.order,
+                readout=config.readout,
+                top_k=config.top_k,
+                top_k_sites=config.top_k_sites,
+                block_vocab=config.block_vocab,
+                linear=self.linear,
+                n_layers=model.n_layers,
+                size=size,
             )
             for start in range(0, len(index), size):
                 piece = slice(start, start + size)

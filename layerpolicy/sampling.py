@@ -24,12 +24,11 @@ from typing import Any
 
 import torch
 
+from .config import SAMPLERS, check_choice
 from .errors import LayerpolicyError
 from .models import LoadedModel
 from .prompts import EncodedPrompt, PromptItem, encode_generation_prompt, encode_ids
 from .vllm_sampling import vllm_responses
-
-SAMPLERS = ("hf", "vllm")
 
 Row = tuple[str, int, tuple[int, ...], int]  # prompt id, response index, prompt ids, seed
 
@@ -56,10 +55,7 @@ class SamplingConfig:
                 raise LayerpolicyError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.temperature >= 0:
             raise LayerpolicyError(f"temperature must be >= 0, got {self.temperature}")
-        if self.sampler not in SAMPLERS:
-            raise LayerpolicyError(
-                f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}"
-            )
+        check_choice("sampler", self.sampler, SAMPLERS)
 
     def record(self, thinking: bool | None = None) -> dict[str, Any]:
         """What run.json records about the sampling (with the thinking mode prompts used)."""

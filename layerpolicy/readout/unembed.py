@@ -139,7 +139,7 @@ def find_final_norm(hf_model: torch.nn.Module) -> torch.nn.Module:
     """The norm that feeds lm_head: the last normalisation module the decoder registers after
     its list of layers (Hugging Face decoders register their children in forward order), or the
     decoder's only normalisation module where it registers that one first (OPT)."""
-    decoder = _unwrap(_decoder(hf_model))
+    decoder = _unwrap(decoder_of(hf_model))
     children = [(name, _unwrap(child)) for name, child in decoder.named_children()]
     layers = [i for i, (_, child) in enumerate(children) if isinstance(child, torch.nn.ModuleList)]
     after = children[layers[-1] + 1 :] if layers else []
@@ -157,7 +157,9 @@ def find_final_norm(hf_model: torch.nn.Module) -> torch.nn.Module:
     return norms[-1]
 
 
-def _decoder(hf_model: torch.nn.Module) -> torch.nn.Module:
+def decoder_of(hf_model: torch.nn.Module) -> torch.nn.Module:
+    """The decoder (the stack of layers, `.layers`) of a Hugging Face causal LM: its
+    `get_decoder()`, else its base model."""
     get_decoder = getattr(hf_model, "get_decoder", None)
     decoder = get_decoder() if callable(get_decoder) else None
     return decoder if isinstance(decoder, torch.nn.Module) else hf_model.base_model
