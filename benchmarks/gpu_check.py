@@ -1,5 +1,6 @@
-"""The one prepared GPU check: CUDA against CPU, the engine against the matmul floor, batched
-sampling and a 2-process run, printed as one table.
+"""The one prepared GPU check: CUDA against CPU, the engine against the matmul floor, the readout
+precisions (speed and error, benchmarks/gpu_precision.py), batched sampling and a 2-process run,
+printed as one table.
 
     .venv/bin/python benchmarks/gpu_check.py               # one GPU: about 3-5 minutes
     .venv/bin/python benchmarks/gpu_check.py --tokens 4096
@@ -27,6 +28,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from gpu_precision import readout_precisions  # noqa: E402  (benchmarks/gpu_precision.py)
 
 from layerpolicy.engine import EngineConfig, engine_chunk, score_batch  # noqa: E402
 from layerpolicy.models import load_model  # noqa: E402
@@ -61,6 +64,7 @@ def main() -> int:
         sections: list[Callable[[], list[Row]]] = [
             lambda: agreement(Path(tmp)),
             lambda: throughput(large_model(Path(tmp)), args.tokens),
+            lambda: readout_precisions(large_model(Path(tmp)), args.tokens),
             lambda: sampling(large_model(Path(tmp))),
             lambda: two_processes(Path(tmp)),
         ]
