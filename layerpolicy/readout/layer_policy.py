@@ -21,7 +21,7 @@ import torch
 
 from ..errors import LayerpolicyError
 from ..metrics import readout_metrics, reference_policy
-from .unembed import Unembedding, find_final_norm
+from .unembed import Unembedding, decoder_of, find_final_norm
 
 STATS_CHUNK_BYTES = 128 * 2**20  # one float32 [rows, vocab] logits chunk per readout
 
@@ -147,8 +147,7 @@ def layer_token_stats(
 
 def _decoder(hf_model: torch.nn.Module) -> torch.nn.Module:
     """The decoder stack (the module holding the block list `layers` and the final norm)."""
-    get_decoder = getattr(hf_model, "get_decoder", None)
-    decoder = get_decoder() if callable(get_decoder) else hf_model.base_model
+    decoder = decoder_of(hf_model)
     if not isinstance(getattr(decoder, "layers", None), torch.nn.ModuleList):
         raise LayerpolicyError(
             f"{type(hf_model).__name__} keeps no decoder block list `layers`; the internal "
