@@ -14,7 +14,7 @@ from transformers import PreTrainedModel
 
 from layerpolicy.bupo import TrainConfig, train
 from layerpolicy.bupo import sampled as sampled_module
-from layerpolicy.bupo.config import check_grpo_types, grpo_arguments
+from layerpolicy.bupo.config import check_grpo, grpo_arguments
 from layerpolicy.bupo.evaluate import solve_rates
 from layerpolicy.errors import LayerpolicyError
 from layerpolicy.models import load_model
@@ -99,10 +99,10 @@ def test_grpo_values_of_the_wrong_type_are_one_line_naming_field_and_type(
         grpo_arguments(TrainConfig(**FAST, grpo={"num_iterations": "many"}), "x", 1)
     assert "\n" not in str(raised.value)
     with pytest.raises(LayerpolicyError, match=r"max_grad_norm takes float"):
-        check_grpo_types({"max_grad_norm": "x"})
+        check_grpo({"max_grad_norm": "x"})
     with pytest.raises(LayerpolicyError, match=r"bf16 takes bool or null"):
-        check_grpo_types({"bf16": 1})
-    check_grpo_types({"max_grad_norm": 1, "report_to": ["wandb"], "epsilon_high": None})
+        check_grpo({"bf16": 1})
+    check_grpo({"max_grad_norm": 1, "report_to": ["wandb"], "epsilon_high": None})
     argv = ["train", "--model", str(tiny_dirs["qwen2"]), "--limit", "4", "--device", "cpu",
             "--grpo", "num_iterations=many", "--out", str(tmp_path / "run")]  # fmt: skip
     one_line_error(capsys, argv, "--grpo num_iterations='many': num_iterations takes int")

@@ -135,15 +135,8 @@ def grpo_arguments(
     chat_template_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """GRPOConfig keyword arguments for `config` on `world_size` processes (checked first)."""
-    per_update = config.responses // config.mini_batches
-    per_device, rest = divmod(per_update, config.grad_accum * world_size)
-    if rest or per_device < 1:
-        raise LayerpolicyError(
-            f"{world_size} processes x {config.grad_accum} accumulation steps do not divide "
-            f"the {per_update} responses of one mini-batch ({config.prompts_per_step} prompts x "
-            f"{config.group_size} / {config.mini_batches}); change --num-processes, "
-            "--prompts-per-step or --mini-batches"
-        )
+    per_device = _per_device_batch(config, world_size)
+    check_grpo(config.grpo)
     updates = config.updates_per_step
     arguments: dict[str, Any] = dict(
         output_dir=output_dir,
@@ -185,19 +178,33 @@ def grpo_arguments(
     fields = _grpo_fields()  # transformers 5.24 renamed gradient to activation checkpointing
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in fields else ""
     arguments[checkpointing or "gradient_checkpointing"] = False
-    unknown = sorted(set(config.grpo) - fields)
+    return {**arguments, **config.grpo}
+
+
+def _per_device_batch(config: TrainConfig, world_size: int) -> int:
+    """Responses per process and micro-batch; one line when they do not divide evenly."""
+    per_update = config.responses // config.mini_batches
+    per_device, rest = divmod(per_update, config.grad_accum * world_size)
+    if rest or per_device < 1:
+        raise LayerpolicyError(
+            f"{world_size} processes x {config.grad_accum} accumulation steps do not divide "
+            f"the {per_update} responses of one mini-batch ({config.prompts_per_step} prompts x "
+            f"{config.group_size} / {config.mini_batches}); change --num-processes, "
+            "--prompts-per-step or --mini-batches"
+        )
+    return per_device
+
+
+def check_grpo(values: dict[str, Any]) -> None:
+    """One line naming the first --grpo key that is no GRPOConfig field, or whose value has
+    the wrong type for its field."""
+    from trl import GRPOConfig
+
+    unknown = sorted(set(values) - _grpo_fields())
     if unknown:
         raise LayerpolicyError(
             f"--grpo names no GRPOConfig field: {', '.join(unknown)} (see GRPOConfig's docs)"
         )
-    check_grpo_types(config.grpo)
-    return {**arguments, **config.grpo}
-
-
-def check_grpo_types(values: dict[str, Any]) -> None:
-    """A one-line error naming the first GRPOConfig field whose value has the wrong type."""
-    from trl import GRPOConfig
-
     hints = typing.get_type_hints(GRPOConfig)
     for key, value in values.items():
         if not _fits(value, hints[key]):

@@ -18,6 +18,7 @@ from ..analysis import AnalysisResult, analyse
 from ..config import AnalysisConfig, ModelConfig, PromptConfig
 from ..models import LoadedModel
 from ..models.causal_lm import whole_copy_loading
+from ..parallel import current_shard
 from ..prompts import PromptSet
 from ..runs import RunDirectory
 from .config import TrainConfig
@@ -107,8 +108,11 @@ class OneCopy:
 
     def __call__(self) -> LoadedModel:
         if self._loaded is None:
+            model = self.model
+            if model.device_map is None:  # auto: this process's own GPU under a launch
+                model = dataclasses.replace(model, device=current_shard().device(model.device))
             with whole_copy_loading():
-                self._loaded = self.model.load(progress=self.progress)
+                self._loaded = model.load(progress=self.progress)
         return self._loaded
 
     def free(self) -> None:

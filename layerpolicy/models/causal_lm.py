@@ -57,12 +57,6 @@ class CausalLMSource:
     def tokenizer(self) -> Any:
         return load_tokenizer(self.location)
 
-    def load(self) -> Any:
-        """The plain model itself (eval mode), outside any engine: for tests and tools."""
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(self.location, **self.init_kwargs).eval()
-
 
 def causal_lm_source(config: ModelConfig, *, progress: bool = True) -> CausalLMSource:
     """Resolve `config` (downloading or converting the weights if needed, loading none)."""
