@@ -12,12 +12,7 @@ import pytest
 import torch
 from layerpolicy.cli.app import main
 
-from layerpolicy.config import (
-    AnalysisConfig,
-    ModelConfig,
-    PromptConfig,
-    recorded_settings,
-)
+from layerpolicy.config import AnalysisConfig, ModelConfig, PromptConfig
 from layerpolicy.errors import LayerpolicyError
 
 NO_MODEL = "no-such-model-anywhere"  # loading it would fail with another message
@@ -153,29 +148,6 @@ def test_max_memory_text_becomes_accelerate_form_and_names_missing_gpus():
     for bad in ("0:20GiB", "cpu=twenty"):
         with pytest.raises(LayerpolicyError, match="--max-memory"):
             ModelConfig(device_map="auto", max_memory=bad)
-
-
-def test_recorded_settings_keep_the_keys_and_order_runs_have_always_recorded():
-    settings = recorded_settings(PromptConfig(), AnalysisConfig())
-    assert list(settings.items()) == [
-        ("readout", "raw"),
-        ("sites", "paper"),
-        ("max_tokens", 1024),
-        ("chat_template", True),
-        ("generate", None),
-        ("temperature", 1.0),
-        ("seed", 0),
-        ("n_boot", 1000),
-    ]
-    # batch and chunk sizes never change results, so they are not recorded
-    assert recorded_settings(PromptConfig(), AnalysisConfig(batch_size=9, chunk_tokens=7)) == (
-        settings
-    )
-    # settings added later are recorded when they are away from their defaults
-    changed = recorded_settings(
-        PromptConfig(thinking=True, generate=8), AnalysisConfig(top_k=0, seed=3)
-    )
-    assert changed == {**settings, "generate": 8, "seed": 3, "thinking": True, "top_k": 0}
 
 
 def test_model_config_takes_a_torch_dtype_by_name():
