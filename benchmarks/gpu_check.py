@@ -1,6 +1,7 @@
 """The one prepared GPU check: CUDA against CPU, the engine against the matmul floor, the readout
-precisions (speed and error, benchmarks/gpu_precision.py), batched sampling and a 2-process run,
-printed as one table.
+precisions (speed and error, benchmarks/gpu_precision.py), batched sampling, a BuPO smoke run
+(both phases, bf16 autocast, vLLM colocate where installed: benchmarks/gpu_bupo.py) and a
+2-process run, printed as one table.
 
     .venv/bin/python benchmarks/gpu_check.py               # one GPU: about 3-5 minutes
     .venv/bin/python benchmarks/gpu_check.py --tokens 4096
@@ -29,6 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gpu_bupo import bupo_smoke_rows  # noqa: E402  (benchmarks/gpu_bupo.py)
 from gpu_precision import readout_precisions  # noqa: E402  (benchmarks/gpu_precision.py)
 
 from layerpolicy.engine import EngineConfig, engine_chunk, score_batch  # noqa: E402
@@ -66,6 +68,7 @@ def main() -> int:
             lambda: throughput(large_model(Path(tmp)), args.tokens),
             lambda: readout_precisions(large_model(Path(tmp)), args.tokens),
             lambda: sampling(large_model(Path(tmp))),
+            lambda: bupo_smoke_rows(model_directory(large_model(Path(tmp)))),
             lambda: two_processes(Path(tmp)),
         ]
         for section in sections:
@@ -215,6 +218,11 @@ def large_model(tmp: Path) -> str:
     build_tiny_tokenizer().save_pretrained(directory)
     del model
     return str(directory)
+
+
+def model_directory(spec: str) -> str:
+    """The directory of `large_model`'s choice (a packaged name or a directory already)."""
+    return str(cached_model_dir(spec) or spec)
 
 
 def timed(work: Callable[[], object], repeat: int = 2) -> float:
