@@ -219,6 +219,20 @@ def test_view_cli_on_what_is_not_a_finished_run(top_run, tmp_path, capsys):
     assert "training run" in _one_line_error(["view", str(training)], capsys)
 
 
+@pytest.mark.parametrize("table", ["tokens.parquet", "prompt_means.parquet", "summary.csv"])
+def test_view_cli_on_a_damaged_run_names_the_file_and_the_fix(top_run, tmp_path, capsys, table):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(top_run, damaged)
+    data = (damaged / table).read_bytes()
+    (damaged / table).write_bytes(data[:60] if table.endswith(".parquet") else b"")
+    err = _one_line_error(["view", str(damaged)], capsys)
+    assert f"{damaged / table} is damaged" in err and "--force" in err
+    if table != "summary.csv":  # a missing summary.csv means the run never finished
+        (damaged / table).unlink()
+        err = _one_line_error(["view", str(damaged)], capsys)
+        assert f"{damaged / table} is missing" in err and "--force" in err
+
+
 # ------------------------------------------------------------------ the page in headless Chromium
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
+
+from .values import is_missing
 
 _REGION_WORDS = {"E": "exploration", "I": "integration", "C": "convergence"}
 
@@ -34,11 +34,7 @@ def _fmt(value: object) -> str:
 
 
 def _defined(value: object) -> bool:
-    return value is not None and value is not pd.NA and not _is_nan(value)
-
-
-def _is_nan(value: object) -> bool:
-    return isinstance(value, float) and math.isnan(value)
+    return not is_missing(value)
 
 
 def _profile_sentence(row) -> str:
