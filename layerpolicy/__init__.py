@@ -3,12 +3,14 @@
     import layerpolicy as lp
     result = lp.analyse("smollm2-135m-instruct", "math500.parquet", limit=8, out="runs/smollm2")
     result.summary            # per (site, layer, metric): mean, 95% CI, pooled mean
-    lp.analyse(               # the settings the CLI takes, validated when built
+    spec = lp.RunSpec(        # the settings the CLI takes, validated when built
         lp.ModelConfig("qwen3-8b", dtype="bfloat16", device_map="auto"),
         lp.PromptConfig("math500", limit=100, generate=2048, thinking=False),
-        config=lp.AnalysisConfig(readout="raw", sites="paper", top_k=5),
-        out="runs/qwen3-8b",
+        lp.AnalysisConfig(readout="raw", sites="paper", top_k=5),
     )
+    result = lp.analyse(spec, out="runs/qwen3-8b")
+    lp.run_figures(result)    # the run's figures, into runs/qwen3-8b/figures
+    spec.to_argv()            # the `layerpolicy entropy ...` command of the same run
     lp.compare([...])         # several models or before/after runs, aligned on relative depth
     lp.train(...)             # Bottom-up Policy Optimization
 
@@ -27,6 +29,8 @@ _EXPORTS = {
     "AnalysisConfig": "config",
     "ModelConfig": "config",
     "PromptConfig": "config",
+    "RunSpec": "spec",
+    "run_figures": "report",
     "AnalysisResult": "analysis",
     "load_run": "analysis",
     "load_model": "models",
