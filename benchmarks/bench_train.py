@@ -5,18 +5,23 @@
 
 Every trainer starts from the same weights with learning rate 0, so every one samples exactly
 the same rollouts (same seed, same weights) and the timings differ only by what each trainer
-computes: plain GRPO; BuPO in phase 1 (the ratio on pi^k, the forward stopped after block k) and
-in phase 2 (GRPO on pi_theta), each with and without the per-rollout layer statistics
-(H(pi^k), KL(pi_theta || pi^k): one extra forward without gradients). The first rollout is a
-warm-up; the median of the others is reported. `--repeat N` runs the kinds N times in turn
-(a busy machine's load then spreads over all of them). The internal-policy readout should cost
-at most 5 % over plain GRPO.
+computes: plain GRPO; BuPO in phase 1 (the ratio on pi^k: the full forward, H^k fed to the LM
+head) and in phase 2 (GRPO on pi_theta), each with and without the per-rollout layer statistics
+(H(pi^k), KL(pi_theta || pi^k): one extra forward without gradients). Each trainer runs in its
+own process, so its peak RSS is its own. The first rollout is a warm-up; the median of the
+others is reported. `--repeat N` runs the kinds N times in turn (a busy machine's load then
+spreads over all of them). Targets: BuPO's seconds per rollout at most 1.05x plain GRPO's, its
+peak RSS at most 1.2x; the ratios are printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +33,9 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from layerpolicy.bupo import TrainConfig
 from layerpolicy.bupo.config import grpo_arguments
 from layerpolicy.bupo.data import prepare, reward_function, training_dataset, training_prompts
+from layerpolicy.bupo.engine import training_precision
 from layerpolicy.bupo.reward import math_reward
+from layerpolicy.config import ModelConfig
 
 
 class RolloutTimer(TrainerCallback):
@@ -54,12 +61,14 @@ def run(kind: str, model_spec: str, config: TrainConfig, layer: int, out: Path) 
 
     from layerpolicy.bupo.trainer import BupoTrainer
 
-    setup = prepare(model_spec, config, device="cpu")
+    setup = prepare(ModelConfig(model_spec, device="cpu"), config)
     prompts = training_prompts(None, max(8, config.prompts_per_step), config.prompts_per_step)
     arguments = grpo_arguments(config, str(out), 1, chat_template_kwargs=setup.chat_template_kwargs)
-    arguments.update(use_cpu=True, save_strategy="no")
+    precision = training_precision(setup.source.init_kwargs["dtype"])
+    arguments.update(use_cpu=True, save_strategy="no", bf16=precision["bf16"])
+    arguments["model_init_kwargs"] = {**setup.source.init_kwargs, "dtype": precision["load_dtype"]}
     common = dict(
-        model=setup.model,
+        model=setup.source.location,
         reward_funcs=[reward_function(math_reward)],
         args=GRPOConfig(**arguments),
         train_dataset=training_dataset(prompts, setup.tokenizer, config),
@@ -79,6 +88,32 @@ def run(kind: str, model_spec: str, config: TrainConfig, layer: int, out: Path) 
     return timer.seconds
 
 
+def run_apart(kind: str, spec: str, args: argparse.Namespace, out: Path) -> dict:
+    """`run` in a process of its own: seconds per rollout and that process's peak RSS (MiB)."""
+    command = [sys.executable, __file__, "--one", kind, "--model", spec, "--out", str(out)]
+    for name in ("layer", "rollouts", "prompts", "group_size", "mini_batches", "max_new_tokens"):
+        command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        steps=args.rollouts,
+        inter_steps=0,
+        layer=args.layer,
+        group_size=args.group_size,
+        prompts_per_step=args.prompts,
+        mini_batches=args.mini_batches,
+        max_new_tokens=args.max_new_tokens,
+        lr=0.0,
+        weight_decay=0.0,
+        save_every=args.rollouts,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model spec (default: a tiny 8-layer Llama)")
@@ -93,47 +128,50 @@ def main() -> None:
     parser.add_argument(
         "--kinds", default="plain,inter,inter-stats,full,full-stats", help="comma-separated"
     )
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # one kind, JSON out
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.one:
+        seconds = run(args.one, args.model, bench_config(args), args.layer, Path(args.out))
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps({"seconds": seconds, "rss_mib": rss}))
+        return
     scratch = Path(tempfile.mkdtemp(prefix="bench-train-"))
     spec = args.model
     if spec is None:
         from layerpolicy.models.tiny import save_tiny_model
 
         spec = str(save_tiny_model(scratch / "tiny-llama8", "llama", n_layers=8, d_model=256))
-    config = TrainConfig(
-        steps=args.rollouts,
-        inter_steps=0,
-        layer=args.layer,
-        group_size=args.group_size,
-        prompts_per_step=args.prompts,
-        mini_batches=args.mini_batches,
-        max_new_tokens=args.max_new_tokens,
-        lr=0.0,
-        weight_decay=0.0,
-        save_every=args.rollouts,
-    )
     print(
         f"model {spec}; {args.prompts} prompts x {args.group_size} rollouts of <= "
         f"{args.max_new_tokens} tokens, {args.mini_batches} optimizer steps per rollout, "
-        f"k = {args.layer}, {torch.get_num_threads()} threads; "
+        f"k = {args.layer}, {args.threads or torch.get_num_threads()} threads; "
         f"median of rollouts 2..{args.rollouts}"
     )
     kinds = args.kinds.split(",")
     timings: dict[str, list[float]] = {kind: [] for kind in kinds}
+    rss: dict[str, float] = {kind: 0.0 for kind in kinds}
     for round_ in range(args.repeat):
         for kind in kinds:
-            seconds = run(kind, spec, config, args.layer, scratch / f"{kind}-{round_}")
+            got = run_apart(kind, spec, args, scratch / f"{kind}-{round_}")
+            seconds = got["seconds"]
             timings[kind] += seconds[1:] or seconds
+            rss[kind] = max(rss[kind], got["rss_mib"])
             print(f"  {kind:12s} round {round_ + 1}: {', '.join(f'{s:.2f}' for s in seconds)} s")
     results = {kind: statistics.median(values) for kind, values in timings.items()}
     for kind, value in results.items():
-        print(f"  {kind:12s} {value:8.3f} s/rollout (median of {len(timings[kind])})")
+        print(
+            f"  {kind:12s} {value:8.3f} s/rollout (median of {len(timings[kind])}), "
+            f"peak RSS {rss[kind]:7.0f} MiB"
+        )
     if "plain" in results:
-        for kind, value in results.items():
-            change = 100.0 * (value / results["plain"] - 1.0)
-            print(f"  {kind:12s} {change:+7.1f} % vs plain GRPOTrainer")
+        for kind in results:
+            print(
+                f"  {kind:12s} time ratio {results[kind] / results['plain']:.3f}, "
+                f"RSS ratio {rss[kind] / rss['plain']:.3f} vs plain GRPOTrainer"
+            )
 
 
 if __name__ == "__main__":
