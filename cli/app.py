@@ -8,6 +8,7 @@ import warnings
 
 import typer
 
+from layerpolicy.config import DEFAULT_MODEL
 from layerpolicy.errors import LayerpolicyError
 from layerpolicy.spec import RunSpec
 
@@ -26,15 +27,18 @@ for _command in (entropy, compare, train, models, view):
 
 
 def spec_from_argv(argv: list[str]) -> RunSpec:
-    """The RunSpec of a `layerpolicy entropy ...` command line (`argv` without `layerpolicy`),
-    parsed as the command parses it: the inverse of `RunSpec.to_argv` for entropy runs."""
+    """The RunSpec of a `layerpolicy entropy ...` or `layerpolicy compare ...` command line
+    (`argv` without `layerpolicy`), parsed as the command parses it: the inverse of
+    `RunSpec.to_argv` for entropy runs. For compare, the spec its models are analysed with
+    (its model: the default; `spec.replace(model=...)` gives each model's)."""
     group = typer.main.get_command(app)
     command = group.get_command(typer.Context(group), argv[0]) if argv else None
-    if command is None or argv[0] != "entropy":
-        raise LayerpolicyError(f"not a `layerpolicy entropy` command line: {argv!r}")
+    if command is None or argv[0] not in ("entropy", "compare"):
+        raise LayerpolicyError(f"not a `layerpolicy entropy` or `compare` command line: {argv!r}")
     params = command.make_context(argv[0], list(argv[1:])).params
+    given = {"model": DEFAULT_MODEL, "column": None, "response_column": None, **params}
     names = inspect.signature(options.analysis_spec).parameters
-    return options.analysis_spec(**{name: params[name] for name in names})
+    return options.analysis_spec(**{name: given[name] for name in names})
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

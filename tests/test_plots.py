@@ -320,15 +320,16 @@ def test_no_global_state_change():
 
 
 class _Result:
-    """The two tables of an analysis result that its figure set reads."""
+    """What an analysis result's figure set reads: two tables and the recorded vocabulary size."""
 
-    def __init__(self, summary: pd.DataFrame, tokens: pd.DataFrame):
+    def __init__(self, summary: pd.DataFrame, tokens: pd.DataFrame, vocab_size: int | None = None):
         self.summary, self.tokens = summary, tokens
+        self.record, self.path = {"model": {"vocab_size": vocab_size}}, None
 
 
 def test_run_figures_draw_what_the_run_has(tmp_path):
     tokens = make_tokens().query("readout == 'raw'")
-    paths = report.run_figures(_Result(make_summary(), tokens), tmp_path / "a", vocab_size=1000)
+    paths = report.run_figures(_Result(make_summary(), tokens, 1000), tmp_path / "a")
     names = {p.name for p in paths}
     for stem in ("entropy_profile", "kl_to_final", "heatmap_first_prompt", "entropy_change"):
         assert {f"{stem}.png", f"{stem}.svg"} <= names

@@ -176,3 +176,10 @@ def test_from_record_rebuilds_the_spec_a_header_records():
     train = RunSpec(ModelConfig("m"), train=TrainConfig(steps=7, layer=2))
     rebuilt = RunSpec.from_record(train.header("abc"))
     assert dataclasses.replace(rebuilt.train, inter_steps=None) == train.train
+
+
+def test_a_compare_command_line_gives_the_spec_its_models_are_analysed_with():
+    spec = spec_from_argv(["compare", "qwen", "llama", "--readout", "logit-lens", "--limit", "3"])
+    assert spec == RunSpec(prompts=PromptConfig(limit=3), analysis=AnalysisConfig("logit-lens"))
+    with pytest.raises(LayerpolicyError, match="not a `layerpolicy entropy` or `compare`"):
+        spec_from_argv(["view", "runs/x"])
