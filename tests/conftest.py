@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from layerpolicy.config import AnalysisConfig
 from layerpolicy.models import load_model
 from layerpolicy.models.tiny import TINY_ARCHITECTURES, save_tiny_model
 
@@ -26,6 +27,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("no ../shared/data next to this checkout")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def analysis_config() -> AnalysisConfig:
+    """Fast analysis settings for tiny models: batches of 2 prompts, 50 bootstrap resamples."""
+    return AnalysisConfig(batch_size=2, n_boot=50)
 
 
 @pytest.fixture(scope="session")

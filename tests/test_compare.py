@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -22,8 +23,6 @@ from layerpolicy.models.tiny import build_tiny_tokenizer, save_tiny_model, tiny_
 from layerpolicy.tables.difference import difference
 from layerpolicy.tables.schema import COMPARISON_COLUMNS, DIFFERENCE_COLUMNS
 
-FAST = AnalysisConfig(batch_size=2, n_boot=50)
-
 
 @pytest.fixture(scope="session")
 def other_vocab_dir(tmp_path_factory) -> Path:
@@ -42,17 +41,16 @@ def other_vocab_dir(tmp_path_factory) -> Path:
     return directory
 
 
-def run_dir(model_dir: Path, out: Path, readout: str = "raw") -> Path:
+def run_dir(model_dir: Path, out: Path, config: AnalysisConfig) -> Path:
     """A finished `layerpolicy entropy`-style run directory of `model_dir` on 2 prompts."""
-    config = AnalysisConfig(batch_size=2, n_boot=50, readout=readout)
     analyse(str(model_dir), None, config=config, out=out, limit=2, device="cpu", progress=False)
     return out
 
 
-def fast_compare(specs, tmp_path: Path, **kwargs):
+def fast_compare(specs, tmp_path: Path, config: AnalysisConfig, **kwargs):
     return compare(
         [str(s) for s in specs],
-        config=kwargs.pop("config", FAST),
+        config=config,
         limit=2,
         device="cpu",
         progress=False,
@@ -62,21 +60,21 @@ def fast_compare(specs, tmp_path: Path, **kwargs):
 
 
 def test_second_compare_with_same_settings_does_no_forward_pass(
-    tiny_dirs, tiny_deep_dir, tmp_path, monkeypatch
+    tiny_dirs, tiny_deep_dir, tmp_path, monkeypatch, analysis_config
 ):
     specs = [tiny_dirs["qwen2"], tiny_deep_dir]
-    first = fast_compare(specs, tmp_path)
+    first = fast_compare(specs, tmp_path, analysis_config)
     assert len(list((tmp_path / "cache").iterdir())) == 2
 
     def fail(*args, **kwargs):
         raise AssertionError("a cached model was scored again")
 
     monkeypatch.setattr(Engine, "score", fail)
-    again = fast_compare(specs, tmp_path)
+    again = fast_compare(specs, tmp_path, analysis_config)
     pd.testing.assert_frame_equal(first.comparison, again.comparison)
     assert first.runs == again.runs
     with pytest.raises(AssertionError, match="scored again"):  # other settings: a new run
-        fast_compare(specs, tmp_path, config=AnalysisConfig(batch_size=2, n_boot=60))
+        fast_compare(specs, tmp_path, dataclasses.replace(analysis_config, n_boot=60))
 
 
 def test_cli_compares_models_of_different_depth_and_vocabulary(
@@ -101,10 +99,12 @@ def test_cli_compares_models_of_different_depth_and_vocabulary(
 
 
 def test_comparison_md_quotes_every_model_and_its_numbers(
-    tiny_dirs, tiny_deep_dir, other_vocab_dir, tmp_path
+    tiny_dirs, tiny_deep_dir, other_vocab_dir, tmp_path, analysis_config
 ):
     out = tmp_path / "cmp"
-    result = fast_compare([tiny_dirs["llama"], tiny_deep_dir, other_vocab_dir], tmp_path, out=out)
+    result = fast_compare(
+        [tiny_dirs["llama"], tiny_deep_dir, other_vocab_dir], tmp_path, analysis_config, out=out
+    )
     text = (out / "comparison.md").read_text()
     table = pd.read_csv(out / "comparison.csv")
     assert result.reading in text
@@ -118,8 +118,11 @@ def test_comparison_md_quotes_every_model_and_its_numbers(
     assert set(result.summaries) == set(table.model) == {"llama", "llama6", "qwen3-v288"}
 
 
-def test_readouts_must_match_unless_mixing_is_allowed(tiny_dirs, tmp_path, monkeypatch, capsys):
-    lens = run_dir(tiny_dirs["qwen2"], tmp_path / "lens", readout="logit-lens")
+def test_readouts_must_match_unless_mixing_is_allowed(
+    tiny_dirs, tmp_path, monkeypatch, capsys, analysis_config
+):
+    lens_config = dataclasses.replace(analysis_config, readout="logit-lens")
+    lens = run_dir(tiny_dirs["qwen2"], tmp_path / "lens", lens_config)
 
     def fail(*args, **kwargs):
         raise AssertionError("scored before the readouts were checked")
@@ -127,36 +130,38 @@ def test_readouts_must_match_unless_mixing_is_allowed(tiny_dirs, tmp_path, monke
     with monkeypatch.context() as patch:
         patch.setattr(Engine, "score", fail)
         with pytest.raises(RunDirectoryError, match="--allow-mixed-readouts"):
-            fast_compare([lens, tiny_dirs["llama"]], tmp_path)
+            fast_compare([lens, tiny_dirs["llama"]], tmp_path, analysis_config)
     code = main(["compare", str(lens), str(tiny_dirs["llama"]), "--cache", str(tmp_path / "c")])
     err = capsys.readouterr().err
     assert code == 2 and "readouts differ" in err and "logit-lens" in err
-    mixed = fast_compare([lens, tiny_dirs["llama"]], tmp_path, allow_mixed_readouts=True)
+    mixed = fast_compare(
+        [lens, tiny_dirs["llama"]], tmp_path, analysis_config, allow_mixed_readouts=True
+    )
     assert list(mixed.comparison.readout) == ["logit-lens", "raw"]
 
 
-def test_missing_run_directory_is_a_clear_error(tiny_dirs, tmp_path, capsys):
+def test_missing_run_directory_is_a_clear_error(tiny_dirs, tmp_path, capsys, analysis_config):
     missing = tmp_path / "runs" / "entropy-gone"
     with pytest.raises(RunDirectoryError, match="does not exist"):
-        fast_compare([missing, tiny_dirs["qwen2"]], tmp_path)
+        fast_compare([missing, tiny_dirs["qwen2"]], tmp_path, analysis_config)
     code = main(["compare", str(missing), str(tiny_dirs["qwen2"])])
     err = capsys.readouterr().err
     assert code == 2 and str(missing) in err and err.strip().count("\n") == 0
 
 
 @pytest.fixture(scope="module")
-def training_run(tiny_dirs, tmp_path_factory) -> Path:
+def training_run(tiny_dirs, tmp_path_factory, analysis_config) -> Path:
     """A training run directory: before/ (tiny qwen2) and after/ (the same shape, other weights)."""
     root = tmp_path_factory.mktemp("train")
-    run_dir(tiny_dirs["qwen2"], root / "train-run" / "before")
+    run_dir(tiny_dirs["qwen2"], root / "train-run" / "before", analysis_config)
     after_model = save_tiny_model(root / "trained" / "qwen2", "qwen2", seed=1)
-    run_dir(after_model, root / "train-run" / "after")
+    run_dir(after_model, root / "train-run" / "after", analysis_config)
     return root / "train-run"
 
 
-def test_before_after_runs_give_the_difference(training_run, tmp_path):
+def test_before_after_runs_give_the_difference(training_run, tmp_path, analysis_config):
     out = tmp_path / "cmp"
-    result = fast_compare([training_run], tmp_path, out=out)
+    result = fast_compare([training_run], tmp_path, analysis_config, out=out)
     assert list(result.summaries) == ["qwen2 (before)", "qwen2 (after)"]
     diff = pd.read_csv(out / "difference.csv")
     assert list(diff.columns) == DIFFERENCE_COLUMNS
@@ -171,7 +176,9 @@ def test_before_after_runs_give_the_difference(training_run, tmp_path):
     assert "From qwen2 (before) to qwen2 (after)" in result.reading
 
 
-def test_a_second_compare_into_the_same_out_waits_for_the_first(training_run, tmp_path, capfd):
+def test_a_second_compare_into_the_same_out_waits_for_the_first(
+    training_run, tmp_path, capfd, analysis_config
+):
     out = tmp_path / "cmp"
     hold = "import sys, time\nfrom layerpolicy.runs import RunDirectory\n"
     hold += (
@@ -180,19 +187,21 @@ def test_a_second_compare_into_the_same_out_waits_for_the_first(training_run, tm
     holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE)
     try:
         assert holder.stdout.readline().strip() == b"held"
-        result = fast_compare([training_run], tmp_path, out=out)
+        result = fast_compare([training_run], tmp_path, analysis_config, out=out)
         assert holder.poll() is not None  # the lock was free only once the holder had exited
     finally:
         holder.wait(timeout=60)
     assert f"waiting for process {holder.pid}, which holds {out}" in capfd.readouterr().err
-    alone = fast_compare([training_run], tmp_path, out=tmp_path / "alone")
+    alone = fast_compare([training_run], tmp_path, analysis_config, out=tmp_path / "alone")
     written = pd.read_csv(out / "comparison.csv")
     pd.testing.assert_frame_equal(written, result.comparison, check_dtype=False)
     pd.testing.assert_frame_equal(result.comparison, alone.comparison)
     pd.testing.assert_frame_equal(result.difference, alone.difference)
 
 
-def test_out_that_is_a_file_is_refused_before_any_run_is_read(training_run, tmp_path, monkeypatch):
+def test_out_that_is_a_file_is_refused_before_any_run_is_read(
+    training_run, tmp_path, monkeypatch, analysis_config
+):
     taken = tmp_path / "taken.txt"
     taken.write_text("not a directory")
 
@@ -201,7 +210,7 @@ def test_out_that_is_a_file_is_refused_before_any_run_is_read(training_run, tmp_
 
     monkeypatch.setattr(comparison, "load_run", fail)
     with pytest.raises(RunDirectoryError, match="is a file, not a directory"):
-        fast_compare([training_run], tmp_path, out=taken)
+        fast_compare([training_run], tmp_path, analysis_config, out=taken)
 
 
 def summary_of(means: list[float], half_width: float, readout: str = "raw", n_layers: int = 2):
