@@ -27,7 +27,7 @@ import pandas as pd
 
 from .errors import LayerpolicyError, RunDirectoryError
 from .locking import file_lock
-from .spec import check_settings, versions
+from .run_format import check_settings, versions
 
 __all__ = ["RunDirectory", "atomic_path", "read_json", "versions", "write_csv", "write_json"]
 LOCK_NAME = ".lock"

@@ -16,37 +16,24 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import platform
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import metadata
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .argv import TRAIN_FLAGS, TRAIN_MODEL_FLAGS, TRAIN_PROMPT_FLAGS, config_flags
 from .config import AnalysisConfig, ModelConfig, PromptConfig
-from .errors import LayerpolicyError, RunDirectoryError
+from .errors import LayerpolicyError
+from .run_format import FORMAT_VERSION, check_format, check_settings, versions
+
+__all__ = [
+    "FORMAT_VERSION", "PRESETS", "TRAIN_FLAGS", "RunSpec", "check_format", "check_settings",
+    "versions",
+]  # fmt: skip
 
 if TYPE_CHECKING:
     from .bupo.config import TrainConfig
 
-FORMAT_VERSION = 2
-PACKAGES = ("layerpolicy", "torch", "transformers", "transformer-lens", "pandas", "numpy")
 KINDS = ("entropy", "train")
-# TrainConfig field -> its `layerpolicy train` flag where that is not --field-name (None: none)
-TRAIN_FLAGS: dict[str, str | None] = {
-    "lora_rank": "--lora",
-    "screen_samples": "--screen",
-    "layer_stats": "--no-layer-stats",
-    "weight_decay": None,
-    "clip_eps": None,
-    "dual_clip": None,
-    "grad_clip": None,
-    "keep_checkpoints": None,
-    "grpo": "--grpo",
-}
-# Flags of the prompt and model settings that `layerpolicy train` takes
-TRAIN_MODEL_FLAGS = ("--model", "--dtype", "--device", "--device-map", "--max-memory", "--offline")
-TRAIN_PROMPT_FLAGS = ("--prompts", "--limit")
 # A preset: the model and the TrainConfig fields of a shipped run. The paper's Qwen3-4B run
 # (docs/method.md section 4): 300 rollouts of 128 prompts x 8, k = 6, s_inter = 30. The response
 # budget is not part of the paper's table; 4096 tokens is ours.
@@ -173,11 +160,11 @@ class RunSpec:
         argv = ["layerpolicy", self.kind]
         if self.train is None:
             for config in (self.model, self.prompts, self.analysis):
-                argv += _flags(config, _own_flag)
+                argv += config_flags(config)
             return argv
-        argv += _flags(self.model, _own_flag, allowed=TRAIN_MODEL_FLAGS)
-        argv += _flags(self.prompts, _own_flag, allowed=TRAIN_PROMPT_FLAGS)
-        return argv + _flags(self.train, _train_flag)
+        argv += config_flags(self.model, allowed=TRAIN_MODEL_FLAGS)
+        argv += config_flags(self.prompts, allowed=TRAIN_PROMPT_FLAGS)
+        return argv + config_flags(self.train)
 
     # ------------------------------------------------------------------ building specs
 
@@ -257,50 +244,6 @@ class RunSpec:
         )
 
 
-def check_settings(
-    previous: Mapping[str, Any],
-    current: Mapping[str, Any],
-    *,
-    where: str,
-    allowed: Iterable[str] = (),
-    fix: str = "use another --out or --force to overwrite it",
-) -> None:
-    """Raise one line naming the keys whose values differ (keys in `allowed` may differ); a
-    record of another format is refused first. `where`: e.g. "runs/x holds a run"."""
-    check_format(previous, where)
-    skip = set(allowed)
-    changed = sorted(
-        key
-        for key in {**previous, **current}
-        if key not in skip and previous.get(key) != current.get(key)
-    )
-    if changed:
-        raise RunDirectoryError(f"{where} with other settings ({', '.join(changed)}); {fix}")
-
-
-def versions() -> dict[str, str]:
-    """Versions of Python, the platform and the packages that decide the numbers."""
-    found = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
-
-
-def check_format(recorded: Mapping[str, Any], where: str) -> None:
-    """Raise one line unless `recorded` (run.json, or its settings) is of this format; `where`:
-    e.g. "runs/x holds a run"."""
-    settings = recorded.get("settings", recorded)
-    version = settings.get("format_version", recorded.get("format_version", 1))
-    if version != FORMAT_VERSION:
-        raise RunDirectoryError(
-            f"{where} of format {version} (this layerpolicy reads format "
-            f"{FORMAT_VERSION}); rerun with --force"
-        )
-
-
 def _field_names(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
@@ -312,49 +255,3 @@ def _recorded(config: Any) -> dict[str, Any]:
         for f in dataclasses.fields(config)
         if f.metadata["recorded"]
     }
-
-
-def _own_flag(f: dataclasses.Field) -> str | None:
-    flag = f.metadata["flag"]
-    return flag if flag != "" else "--" + f.name.replace("_", "-")
-
-
-def _train_flag(f: dataclasses.Field) -> str | None:
-    return TRAIN_FLAGS.get(f.name, "--" + f.name.replace("_", "-"))
-
-
-def _flags(config: Any, flag_of: Any, allowed: tuple[str, ...] | None = None) -> list[str]:
-    """The flags of `config`'s fields away from their defaults."""
-    argv: list[str] = []
-    for f in dataclasses.fields(config):
-        value, default = getattr(config, f.name), _default(f)
-        if value == default or (value is None and f.name == "offline"):
-            continue
-        flag = flag_of(f)
-        if flag is None or (allowed is not None and flag not in allowed):
-            raise LayerpolicyError(
-                f"{f.name} = {value!r} has no `layerpolicy` flag here; run this spec from Python"
-            )
-        argv += _flag_value(flag, value)
-    return argv
-
-
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-
-
-def _flag_value(flag: str, value: Any) -> list[str]:
-    if isinstance(value, bool):
-        return [flag] if value != flag.startswith("--no-") else []
-    if flag == "--grpo":
-        return [part for k, v in value.items() for part in (flag, f"{k}={json.dumps(v)}")]
-    if isinstance(value, Mapping):  # max_memory {0: "20GiB", "cpu": "64GiB"}
-        return [flag, ",".join(f"{k}={v}" for k, v in value.items())]
-    if not isinstance(value, (str, Path, int, float)):
-        raise LayerpolicyError(
-            f"{flag} cannot be given a {type(value).__name__} on the command line; pass a file "
-            "or a named prompt set, or run this spec from Python"
-        )
-    return [flag, str(value)]
