@@ -6,8 +6,6 @@ from pathlib import Path
 
 import typer
 
-from layerpolicy.errors import RunDirectoryError
-
 from .console import console
 
 
@@ -26,14 +24,6 @@ def view(
     from layerpolicy.analysis import load_run
     from layerpolicy.report.view import build_report
 
-    if not run.is_dir():
-        raise RunDirectoryError(
-            f"run directory {run} does not exist; pass a finished `layerpolicy entropy` run"
-        )
-    if all((run / part / "run.json").is_file() for part in ("before", "after")):
-        raise RunDirectoryError(
-            f"{run} is a training run; view one of its runs: {run / 'before'} or {run / 'after'}"
-        )
     report = build_report(load_run(run), max_prompts=max_prompts)
     out = run if out is None else out
     path = report.save(out / "view.html" if out.is_dir() else out)

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from .config import AnalysisConfig, ModelConfig, PromptConfig
-from .errors import LayerpolicyError
+from .errors import LayerpolicyError, RunDirectoryError
 from .models import LoadedModel
 from .parallel import Shard, current_shard, parallel_record, run_sharded
 from .prompt_scoring import sampling_config, score_prompts
@@ -259,6 +259,15 @@ def load_run(path: str | Path) -> AnalysisResult:
     """Load a finished run directory's tables (and the figures drawn into it). A run of another
     format, or one whose tables are missing or damaged, is one line naming the fix."""
     run = RunDirectory(path)
+    if not run.path.is_dir():
+        raise RunDirectoryError(
+            f"run directory {run.path} does not exist; pass a finished `layerpolicy entropy` run"
+        )
+    if all((run.path / part / "run.json").is_file() for part in ("before", "after")):
+        raise RunDirectoryError(
+            f"{run.path} is a training run; pass one of its runs: {run.path / 'before'} or "
+            f"{run.path / 'after'}"
+        )
     if not run.is_complete():
         raise LayerpolicyError(
             f"{run.path} is not a finished layerpolicy run; rerun `layerpolicy entropy` with "
