@@ -96,7 +96,7 @@ def model_facts(raw_run: Path, lens_run: Path) -> dict[str, Any]:
     """One model's facts from its raw and logit-lens runs: what it is, what it scored, how long."""
     raw, lens = read_json(raw_run / "run.json"), read_json(lens_run / "run.json")
     model = raw["model"]
-    means = pd.read_parquet(RunDirectory(raw_run).prompt_means_source())
+    means = pd.read_parquet(RunDirectory(raw_run).prompt_means_path)
     lengths = means[(means.site == "final") & (means.metric == "entropy")]["n_tokens"]
     packaged = PACKAGED_MODELS.get(model["name"])
     return {

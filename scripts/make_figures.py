@@ -7,7 +7,7 @@ the first `--limit` MATH-500 problems, sampled at T = 1 with nothing but the tem
 no-thinking template, response tokens scored; the raw readout at every site and the logit lens on
 the residual stream, through `layerpolicy.comparison` and its run cache, so a finished run is
 loaded, not recomputed. The BuPO figures come from the run in `--bupo-run` (runs/bupo-smollm2),
-trained here with BUPO_CONFIG when it is missing and resumed when it is unfinished.
+trained here as BUPO_SPEC says when it is missing and resumed when it is unfinished.
 
 Writes into `--out` (figures/): PNGs (`layerpolicy.report.figures`), the tables and record.json
 (scripts/figures_record.py), the Quick tour's outputs (scripts/tour.py) and README.md
@@ -19,8 +19,6 @@ runs writes the same numbers (the compare command's own timing aside).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import shlex
 import time
 from pathlib import Path
@@ -31,10 +29,10 @@ import pandas as pd
 import layerpolicy as lp
 from layerpolicy.bupo.log import LOG_NAME
 from layerpolicy.comparison import CompareResult, compare
-from layerpolicy.errors import RunDirectoryError
-from layerpolicy.prompts import load_prompts
+from layerpolicy.config import AnalysisConfig, ModelConfig, PromptConfig
 from layerpolicy.report.figures import bupo_figures, family_figures
 from layerpolicy.runs import atomic_path, read_json, write_json
+from layerpolicy.spec import RunSpec, check_settings
 
 from .figures_record import BupoRun, bupo_facts, run_record, write_tables
 from .findings_files import render_figures_readme
@@ -47,31 +45,30 @@ SEED = 0
 LIMIT = 24  # MATH-500 problems per model
 GENERATE = 192  # most response tokens per problem
 BATCH = 16  # problems per sampling call and per scored batch
-# The short BuPO run behind the README (runs/bupo-smollm2/run.json records the same settings;
+# The short BuPO run behind the README (runs/bupo-smollm2/run.json records its settings;
 # `bupo_record` refuses a finished run trained with others).
-BUPO_MODEL = "smollm2-135m-instruct"
-BUPO_PROMPTS = "builtin"
-BUPO_LIMIT = 48
-BUPO_DTYPE = "float32"
-BUPO_CONFIG = lp.TrainConfig(
-    steps=20,
-    inter_steps=4,
-    # SmolLM2 has no exploration region of ΔH_mlp under the raw readout, so the boundary-layer
-    # rule gives no k: it is given.
-    layer=4,
-    group_size=8,
-    prompts_per_step=2,
-    mini_batches=4,
-    max_new_tokens=96,
-    lr=1e-5,
-    seed=SEED,
-    save_every=2,
-    analyse=True,
-    analysis_prompts=8,
-    screen_samples=8,  # the screen keeps the builtin problems SmolLM2 solves sometimes
-    eval_samples=8,
+BUPO_SPEC = RunSpec(
+    ModelConfig("smollm2-135m-instruct", dtype="float32"),
+    PromptConfig("builtin", limit=48),
+    train=lp.TrainConfig(
+        steps=20,
+        inter_steps=4,
+        # SmolLM2 has no exploration region of ΔH_mlp under the raw readout, so the
+        # boundary-layer rule gives no k: it is given.
+        layer=4,
+        group_size=8,
+        prompts_per_step=2,
+        mini_batches=4,
+        max_new_tokens=96,
+        lr=1e-5,
+        seed=SEED,
+        save_every=2,
+        analyse=True,
+        analysis_prompts=8,
+        screen_samples=8,  # the screen keeps the builtin problems SmolLM2 solves sometimes
+        eval_samples=8,
+    ),
 )
-TRAIN_FLAGS = {"lora_rank": "--lora", "screen_samples": "--screen"}  # TrainConfig field -> flag
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,15 +81,14 @@ def main(argv: list[str] | None = None) -> None:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     raw, lens = family_runs(args)
-    tour = quick_tour(raw, args, out, FAMILIES, BATCH)  # checks its commands before BuPO
+    tour = quick_tour(raw, analysis_specs(args)["raw"], args.runs, out, FAMILIES)
     bupo = bupo_run(args.bupo_run, args.device)
 
     vocab_sizes = raw.comparison.set_index("model")["vocab_size"].astype(int).to_dict()
     written = family_figures(FAMILIES, raw.summaries, lens.summaries, vocab_sizes, out)
     written += bupo_figures(bupo.record, bupo.log, bupo.before, bupo.after, out)
     write_tables(raw, lens, bupo, out)
-    command = "layerpolicy " + shlex.join(train_argv(bupo.path))
-    facts = bupo_facts(bupo, command)
+    facts = bupo_facts(bupo, shlex.join(train_argv(bupo.path)))
     record = {**run_record(FAMILIES, raw, lens, facts, written), "quick_tour": tour}
     write_json(record, out / RECORD)
     with atomic_path(out / "README.md") as tmp:
@@ -114,16 +110,18 @@ def protocol(args: argparse.Namespace) -> lp.PromptConfig:
     )
 
 
+def analysis_specs(args: argparse.Namespace) -> dict[str, RunSpec]:
+    """The README's analyses under the protocol, by readout: the raw readout at every site and
+    the logit lens on the residual stream (the model: each family's alias, offline)."""
+    model = ModelConfig(offline=True, device=args.device)
+    raw = RunSpec(model, protocol(args), AnalysisConfig(seed=SEED, batch_size=BATCH))
+    return {"raw": raw, "logit-lens": raw.replace(readout="logit-lens", sites="resid")}
+
+
 def family_runs(args: argparse.Namespace) -> tuple[CompareResult, CompareResult]:
-    """Both families under the protocol: raw readout at every site, logit lens on the stream."""
-    common = {"offline": True, "device": args.device, "cache": args.runs / "cache"}
-    prompts = protocol(args)
-    raw_config = lp.AnalysisConfig(seed=SEED, batch_size=BATCH)
-    raw = compare(FAMILIES, prompts, config=raw_config, **common)
-    lens_config = lp.AnalysisConfig(
-        readout="logit-lens", sites="resid", seed=SEED, batch_size=BATCH
-    )
-    lens = compare(FAMILIES, prompts, config=lens_config, **common)
+    """Both families under each of `analysis_specs`, through the run cache in `--runs`."""
+    specs = analysis_specs(args)
+    raw, lens = (compare(FAMILIES, specs[r], cache=args.runs / "cache") for r in specs)
     return raw, lens
 
 
@@ -158,20 +156,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def bupo_run(path: Path, device: str) -> BupoRun:
-    """Load the finished BuPO run at `path` (trained with BUPO_*), or train it (resuming an
-    unfinished one)."""
+    """Load the finished BuPO run at `path` (trained as BUPO_SPEC says), or train it on `device`
+    (resuming an unfinished one)."""
     record = bupo_record(path)
     if record.get("status") != "complete":
-        lp.train(
-            BUPO_MODEL,
-            BUPO_PROMPTS,
-            out=path,
-            config=BUPO_CONFIG,
-            limit=BUPO_LIMIT,
-            resume=bool(record),
-            device=device,
-            dtype=BUPO_DTYPE,
-        )
+        lp.train(BUPO_SPEC.replace(device=device), out=path, resume=bool(record))
         record = read_json(path / "run.json")
     return BupoRun(
         path=path,
@@ -184,46 +173,22 @@ def bupo_run(path: Path, device: str) -> BupoRun:
 
 def bupo_record(path: Path) -> dict[str, Any]:
     """run.json of the BuPO run at `path` ({} when there is none); raises when a finished run
-    was trained with other settings than BUPO_* give (an unfinished one is checked on resume)."""
+    was trained with other settings than BUPO_SPEC's (an unfinished one is checked on resume)."""
     record_path = path / "run.json"
     record = read_json(record_path) if record_path.is_file() else {}
     if record.get("status") == "complete":
-        recorded, wanted = record.get("settings", {}), bupo_settings()
-        changed = sorted(k for k in {*recorded, *wanted} if recorded.get(k) != wanted.get(k))
-        if changed:
-            raise RunDirectoryError(
-                f"{shown(str(path))} holds a finished BuPO run with other settings than "
-                f"make_figures' BUPO_* ({', '.join(changed)}); delete or move it to train one "
-                "with these"
-            )
+        check_settings(
+            record.get("settings", {}),
+            BUPO_SPEC.settings(BUPO_SPEC.prompts.load().sha256),
+            where=f"{shown(str(path))} holds a finished BuPO run",
+            fix="delete or move it to train one with make_figures' BUPO_SPEC",
+        )
     return record
 
 
-def bupo_settings() -> dict[str, Any]:
-    """The settings `lp.train` records (run.json "settings") for BUPO_MODEL, BUPO_PROMPTS,
-    BUPO_LIMIT, BUPO_DTYPE and BUPO_CONFIG, as JSON holds them."""
-    prompts = load_prompts(BUPO_PROMPTS, limit=BUPO_LIMIT)
-    settings = {"model": BUPO_MODEL, "prompts_sha256": prompts.sha256, "dtype": BUPO_DTYPE}
-    return json.loads(json.dumps({**settings, **BUPO_CONFIG.recorded()}))
-
-
 def train_argv(out: Path) -> list[str]:
-    """`layerpolicy train` arguments that train BUPO_CONFIG (a flag for every field off its
-    default) on BUPO_MODEL, BUPO_PROMPTS and BUPO_LIMIT into `out`."""
-    argv = ["train", "--model", BUPO_MODEL, "--prompts", BUPO_PROMPTS, "--limit", str(BUPO_LIMIT)]
-    default = lp.TrainConfig()
-    for field in dataclasses.fields(lp.TrainConfig):
-        value = getattr(BUPO_CONFIG, field.name)
-        if value == getattr(default, field.name):
-            continue
-        flag = TRAIN_FLAGS.get(field.name, "--" + field.name.replace("_", "-"))
-        if field.name == "grpo":
-            argv += [part for k, v in value.items() for part in (flag, f"{k}={json.dumps(v)}")]
-        elif isinstance(value, bool):
-            argv.append(flag if value else f"--no-{flag[2:]}")
-        else:
-            argv += [flag, str(value)]
-    return [*argv, "--out", shown(str(out))]
+    """The `layerpolicy train` command line that trains BUPO_SPEC into `out`."""
+    return [*BUPO_SPEC.to_argv(), "--out", shown(str(out))]
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ and tour-compare blocks, from the figures directory alone, with long tables cut.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import re
@@ -19,17 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from layerpolicy.cli import options
-from layerpolicy.cli.app import app
+from layerpolicy.cli.app import app, spec_from_argv
 from layerpolicy.cli.console import console, err_console
 from layerpolicy.cli.entropy import print_summary
 from typer.testing import CliRunner
 
 import layerpolicy as lp
 from layerpolicy.comparison import CompareResult, cache_name
-from layerpolicy.config import recorded_settings
-from layerpolicy.errors import LayerpolicyError
+from layerpolicy.errors import LayerpolicyError, RunDirectoryError
 from layerpolicy.runs import atomic_path, read_json
+from layerpolicy.spec import RunSpec
 
 from .findings_format import (
     COMPARE_OUTPUT,
@@ -51,55 +49,79 @@ CUT = "…"
 
 
 def quick_tour(
-    raw: CompareResult, args: argparse.Namespace, out: Path, families: tuple[str, ...], batch: int
+    raw: CompareResult, spec: RunSpec, runs: Path, out: Path, families: tuple[str, ...]
 ) -> dict[str, Any]:
-    """The Quick tour's two outputs, rendered by the CLI's own code on the cached runs of
-    `families` (scored `batch` problems at a time), as the commands shown with them print them
-    (checked to name these very runs first)."""
+    """The Quick tour's two outputs, rendered by the CLI's own code on the cached runs `raw` of
+    `families` (analysed as `spec` says, cached under `runs`/cache), as the commands shown with
+    them print them (checked to name these very runs first)."""
     run = raw.runs[list(raw.runs)[families.index(TOUR_FAMILY)]]
-    entropy = entropy_argv(args, read_json(run / "run.json")["model"]["name"], batch)
+    entropy = entropy_argv(spec, TOUR_FAMILY)
     check_same_run(entropy, run)
     with _terminal(TERMINAL_WIDTH), console.capture() as captured:
         print_summary(lp.load_run(run))
     _write_text(out / ENTROPY_OUTPUT, captured.get())
-    comparison = compare_argv(args, families, batch)
+    comparison = compare_argv(spec, runs, families)
     check_loads_cached(comparison, raw)
     with _terminal(TERMINAL_WIDTH), _working_directory(REPO):
-        result = CliRunner().invoke(app, comparison)
+        result = CliRunner().invoke(app, comparison[1:])
     if result.exit_code != 0:
         raise LayerpolicyError(
-            f"`layerpolicy {shlex.join(comparison)}` failed: {result.exception}"
+            f"`{shlex.join(comparison)}` failed: {result.exception}"
         ) from result.exception
     _write_text(out / COMPARE_OUTPUT, result.stdout)
     return {
-        "entropy": {"family": TOUR_FAMILY, "command": "layerpolicy " + shlex.join(entropy)},
-        "compare": {
-            "command": "layerpolicy " + shlex.join(comparison),
-            "cache": shown(str(args.runs / "cache")),
-        },
+        "entropy": {"family": TOUR_FAMILY, "command": shlex.join(entropy)},
+        "compare": {"command": shlex.join(comparison), "cache": shown(str(runs / "cache"))},
     }
 
 
-def entropy_argv(args: argparse.Namespace, model: str, batch: int) -> list[str]:
-    """`layerpolicy entropy` arguments of one model's run under the protocol."""
-    return ["entropy", "--model", model, *_protocol_options(args, batch)]
+def entropy_argv(spec: RunSpec, family: str) -> list[str]:
+    """The `layerpolicy entropy` command line of `family`'s run as `spec` says."""
+    return spec.replace(model=family).to_argv()
 
 
-def compare_argv(args: argparse.Namespace, families: tuple[str, ...], batch: int) -> list[str]:
-    """`layerpolicy compare` arguments that load make_figures' `family_runs(args)` of `families`
-    from the cache (run in the repository; --cache and --out only where `--runs` is not the
-    repository's runs/)."""
-    argv = ["compare", *families, *_protocol_options(args, batch), "--offline"]
-    if args.runs.resolve() != (REPO / "runs").resolve():
-        where = args.runs / f"compare-{'-'.join(families)}"
-        argv += ["--cache", shown(str(args.runs / "cache")), "--out", shown(str(where))]
+def compare_argv(spec: RunSpec, runs: Path, families: tuple[str, ...]) -> list[str]:
+    """The `layerpolicy compare` command line that loads the runs of `families` analysed as
+    `spec` says from the cache (run in the repository; --cache and --out only where `runs` is
+    not the repository's runs/)."""
+    argv = ["layerpolicy", "compare", *families, *spec.to_argv()[2:]]
+    if runs.resolve() != (REPO / "runs").resolve():
+        where = runs / f"compare-{'-'.join(families)}"
+        argv += ["--cache", shown(str(runs / "cache")), "--out", shown(str(where))]
     return argv
 
 
-def _protocol_options(args: argparse.Namespace, batch: int) -> list[str]:
-    limit, generate = str(args.limit), str(args.generate)
-    return ["--prompts", shown(args.prompts), "--limit", limit, "--generate", generate,
-            "--batch-size", str(batch)]  # fmt: skip
+def check_same_run(argv: list[str], run: Path) -> None:
+    """Raise unless the `layerpolicy entropy` command line `argv` has the settings of `run`."""
+    spec = spec_from_argv(argv[1:])
+    try:
+        spec.check_against(
+            read_json(run / "run.json"),
+            where=shown(str(run)),
+            prompts_sha256=spec.prompts.load().sha256,
+            model_name=spec.model.resolve().name,
+        )
+    except RunDirectoryError as error:
+        raise LayerpolicyError(f"`{shlex.join(argv)}` would not reproduce: {error}") from None
+
+
+def check_loads_cached(argv: list[str], result: CompareResult) -> None:
+    """Raise unless the `layerpolicy compare` command line `argv`, run in the repository, loads
+    the runs of `result` from its cache (instead of analysing anything)."""
+    base = spec_from_argv(argv[1:])
+    params = cli_params(argv[1:])
+    sha256 = base.prompts.load().sha256
+    cached = set()
+    for model in params["specs"]:
+        one = base.replace(model=model)
+        source = one.model.resolve()
+        name = cache_name(one, source.name, source.location, sha256)
+        cached.add((REPO / params["cache"] / name).resolve())
+    if cached != {Path(p).resolve() for p in result.runs.values()}:
+        raise LayerpolicyError(
+            f"`{shlex.join(argv)}` would not load the cached runs of family_runs(); make "
+            "compare_argv() match it"
+        )
 
 
 def cli_params(argv: list[str]) -> dict[str, Any]:
@@ -109,40 +131,6 @@ def cli_params(argv: list[str]) -> dict[str, Any]:
     if command is None:
         raise LayerpolicyError(f"no layerpolicy command {argv[0]!r}")
     return command.make_context(argv[0], list(argv[1:])).params
-
-
-def check_same_run(argv: list[str], run: Path) -> None:
-    """Raise unless the `layerpolicy entropy` command `argv` has the settings of `run`."""
-    params = cli_params(argv)
-    prompts, config = options.prompt_config(params), options.analysis_config(params)
-    settings = {
-        "model": options.model_config(params).resolve().name,
-        "prompts_sha256": prompts.load().sha256,
-        **recorded_settings(prompts, config),
-    }
-    if settings != read_json(run / "run.json")["settings"]:
-        raise LayerpolicyError(
-            f"`layerpolicy {shlex.join(argv)}` has other settings than {shown(str(run))}; make "
-            "entropy_argv() match family_runs()"
-        )
-
-
-def check_loads_cached(argv: list[str], result: CompareResult) -> None:
-    """Raise unless the `layerpolicy compare` command `argv`, run in the repository, loads the
-    runs of `result` from its cache (instead of analysing anything)."""
-    params = cli_params(argv)
-    prompts, config = options.prompt_config(params), options.analysis_config(params)
-    sha256 = prompts.load().sha256
-    cached = set()
-    for spec in params["specs"]:
-        source = options.model_config(params, spec=spec).resolve()
-        name = cache_name(source.name, source.location, sha256, prompts, config)
-        cached.add((REPO / params["cache"] / name).resolve())
-    if cached != {Path(p).resolve() for p in result.runs.values()}:
-        raise LayerpolicyError(
-            f"`layerpolicy {shlex.join(argv)}` would not load the cached runs of "
-            "family_runs(); make compare_argv() match it"
-        )
 
 
 def shown(source: str) -> str:

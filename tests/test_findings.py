@@ -24,10 +24,10 @@ from typer.testing import CliRunner
 import layerpolicy.bupo
 import layerpolicy.bupo.run
 from layerpolicy.comparison import cache_name
-from layerpolicy.config import AnalysisConfig, ModelConfig, recorded_settings
 from layerpolicy.errors import LayerpolicyError, RunDirectoryError
 from layerpolicy.report.figures import bupo_figures, family_figures
 from layerpolicy.runs import write_csv, write_json
+from layerpolicy.spec import RunSpec
 from layerpolicy.tables.schema import (
     COMPARISON_COLUMNS,
     COMPARISON_INT_COLUMNS,
@@ -366,68 +366,66 @@ def test_short_outputs_are_not_cut():
 # ------------------------------------------------------------------------------ make_figures
 
 
-def arguments(tmp_path: Path, **changes) -> SimpleNamespace:
+def readme_spec(**changes) -> RunSpec:
+    """make_figures' raw-readout spec of the README's analyses, on the builtin prompts."""
     parsed = make_figures._parser().parse_args(["--prompts", "builtin"])
-    return SimpleNamespace(**{**vars(parsed), **changes})
+    return make_figures.analysis_specs(SimpleNamespace(**{**vars(parsed), **changes}))["raw"]
 
 
-def test_compare_command_loads_the_runs_family_runs_caches(tmp_path):
-    args = arguments(tmp_path)
-    prompts = make_figures.protocol(args)
-    config = AnalysisConfig(seed=make_figures.SEED, batch_size=make_figures.BATCH)
-    sha256 = prompts.load().sha256
+def test_compare_command_loads_the_runs_family_runs_caches():
+    spec, runs_dir = readme_spec(), REPO / "runs"
+    sha256 = spec.prompts.load().sha256
     runs = {}
     for family in make_figures.FAMILIES:
-        source = ModelConfig(family, offline=True).resolve()
-        name = cache_name(source.name, source.location, sha256, prompts, config)
-        runs[source.name] = args.runs / "cache" / name
-    families, batch = make_figures.FAMILIES, make_figures.BATCH
-    argv = tour.compare_argv(args, families, batch)
-    assert argv[:3] == ["compare", *families]
+        one = spec.replace(model=family)
+        source = one.model.resolve()
+        name = cache_name(one, source.name, source.location, sha256)
+        runs[source.name] = runs_dir / "cache" / name
+    families = make_figures.FAMILIES
+    argv = tour.compare_argv(spec, runs_dir, families)
+    assert argv[:4] == ["layerpolicy", "compare", *families]
     assert "--cache" not in argv  # the repository's runs/: the command as a user types it
     tour.check_loads_cached(argv, SimpleNamespace(runs=runs))
-    changed = arguments(tmp_path, generate=make_figures.GENERATE + 1)
-    other = tour.compare_argv(changed, families, batch)
+    changed = readme_spec(generate=make_figures.GENERATE + 1)
+    other = tour.compare_argv(changed, runs_dir, families)
     with pytest.raises(LayerpolicyError, match="would not load the cached runs"):
         tour.check_loads_cached(other, SimpleNamespace(runs=runs))
 
 
 def test_entropy_command_has_the_settings_of_the_run_it_shows(tmp_path):
-    args = arguments(tmp_path)
-    prompts = make_figures.protocol(args)
-    config = AnalysisConfig(seed=make_figures.SEED, batch_size=make_figures.BATCH)
-    settings = {"model": SMOL, "prompts_sha256": prompts.load().sha256,
-                **recorded_settings(prompts, config)}  # fmt: skip
+    spec = readme_spec()
+    settings = spec.settings(spec.prompts.load().sha256, model_name=SMOL)
     write_json({"settings": settings}, tmp_path / "run" / "run.json")
-    argv = tour.entropy_argv(args, SMOL, make_figures.BATCH)
+    argv = tour.entropy_argv(spec, "llama")
+    assert argv[:4] == ["layerpolicy", "entropy", "--model", "llama"]
     tour.check_same_run(argv, tmp_path / "run")
     write_json({"settings": {**settings, "generate": 7}}, tmp_path / "run" / "run.json")
-    with pytest.raises(LayerpolicyError, match="has other settings"):
+    with pytest.raises(
+        LayerpolicyError, match=r"would not reproduce: .*other settings \(generate\)"
+    ):
         tour.check_same_run(argv, tmp_path / "run")
 
 
-def test_train_command_trains_bupo_config(tmp_path, monkeypatch):
+def test_train_command_trains_bupo_spec(tmp_path, monkeypatch):
     seen = {}
 
     class Stop(Exception):
         pass
 
-    def fake_train(model, prompts, *, out, config, limit, **kwargs):
-        seen.update(model=model, prompts=prompts, out=out, config=config, limit=limit)
+    def fake_train(spec, *, out, **kwargs):
+        seen.update(spec=spec, out=out)
         raise Stop
 
     monkeypatch.setattr(layerpolicy.bupo, "train", fake_train)
     argv = make_figures.train_argv(tmp_path / "bupo")
-    result = CliRunner().invoke(app, argv)
+    result = CliRunner().invoke(app, argv[1:])
     assert isinstance(result.exception, Stop), result.output
-    assert seen["config"] == make_figures.BUPO_CONFIG
-    assert (seen["model"], seen["prompts"], seen["limit"]) == (
-        make_figures.BUPO_MODEL,
-        make_figures.BUPO_PROMPTS,
-        make_figures.BUPO_LIMIT,
-    )
+    wanted = make_figures.BUPO_SPEC
+    assert seen["spec"].train == wanted.train
+    assert seen["spec"].settings() == wanted.settings()
+    assert (seen["spec"].prompts.source, seen["spec"].prompts.limit) == ("builtin", 48)
     assert Path(seen["out"]) == tmp_path / "bupo"
-    assert json.loads(json.dumps(dataclasses.asdict(seen["config"])))  # a plain, recorded config
+    assert json.loads(json.dumps(dataclasses.asdict(seen["spec"].train)))  # a plain config
 
 
 def test_cli_params_parses_without_running():
@@ -459,7 +457,7 @@ def train_settings(path: Path, monkeypatch) -> dict:
 def test_a_finished_bupo_run_with_other_settings_is_refused(tmp_path, monkeypatch):
     path = tmp_path / "bupo"
     settings = train_settings(path, monkeypatch)
-    assert settings["model"] == make_figures.BUPO_MODEL and settings["steps"] == 20
+    assert settings["model"] == make_figures.BUPO_SPEC.model.spec and settings["steps"] == 20
     write_json({"status": "complete", "settings": settings}, path / "run.json")
     assert make_figures.bupo_record(path)["settings"] == settings  # reused as it is
     other = {**settings, "steps": 12, "lr": 1e-6}
