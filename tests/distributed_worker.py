@@ -198,8 +198,27 @@ def main(engine: str, location: str, out: Path) -> None:
     dist.destroy_process_group()
 
 
+def engine_check(out: Path) -> None:
+    """Under accelerate launch: the engine accelerate runs, checked against the launch config
+    (the error's line is written to OUT/engine_check.txt by rank 0, then re-raised)."""
+    from accelerate import PartialState
+
+    from layerpolicy.bupo.engine import check_engine
+    from layerpolicy.errors import LayerpolicyError
+
+    state = PartialState()
+    try:
+        check_engine(state)
+    except LayerpolicyError as error:
+        if state.is_main_process:
+            (out / "engine_check.txt").write_text(str(error))
+        raise
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "lora":
+    if sys.argv[1] == "engine_check":
+        engine_check(Path(sys.argv[3]))
+    elif sys.argv[1] == "lora":
         lora_run(sys.argv[2], Path(sys.argv[3]))
     else:
         main(sys.argv[1], sys.argv[2], Path(sys.argv[3]))

@@ -23,15 +23,16 @@ WORKER = Path(__file__).with_name("distributed_worker.py")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def two_processes(*argv: str, launcher: list[str] | None = None) -> None:
-    """Run WORKER argv on 2 CPU processes; fail with the tail of their output."""
+def two_processes(*argv: str, launcher: list[str] | None = None, code: int = 0) -> None:
+    """Run WORKER argv on 2 CPU processes; fail with the tail of their output unless it exits
+    with `code` (0: success; 1: any failure)."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     launcher = launcher or [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     done = subprocess.run(
         [*launcher, str(WORKER), *argv], env=env, capture_output=True, text=True, timeout=300
     )
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert (done.returncode != 0) == bool(code), (done.stdout + done.stderr)[-4000:]
 
 
 @pytest.mark.parametrize("engine", ["ddp", "fsdp2"])
@@ -53,3 +54,14 @@ def test_lora_run_on_two_processes_saves_the_merged_model(tiny_dirs, tmp_path):
     assert figures["max_difference_to_merged"] == 0.0
     assert figures["changed_by_training"] > 0
     assert not (tmp_path / "model.adapter").exists()
+
+
+def test_an_fsdp_config_without_gpus_stops_instead_of_running_ddp(tiny_dirs, tmp_path):
+    accelerate = Path(sys.executable).with_name("accelerate")
+    config = ROOT / "configs" / "accelerate" / "fsdp2.yaml"
+    launcher = [str(accelerate), "launch", "--config_file", str(config), "--num_processes", "2"]
+    two_processes("engine_check", "-", str(tmp_path), launcher=launcher, code=1)
+    message = (tmp_path / "engine_check.txt").read_text()
+    assert message.startswith("the launch config asks for FSDP but accelerate runs ")
+    assert "runs FSDP" not in message  # NO here: each process alone, not even DDP
+    assert "\n" not in message

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import LayerpolicyError
+from .layer import check_beta
 
 PAPER_INTER_SHARE = 30 / 300  # the paper's s_inter / total steps (Qwen3-4B)
 # Settings that may change on --resume without changing the trajectory so far.
@@ -93,11 +94,7 @@ class TrainConfig:
             raise LayerpolicyError(
                 f"inter_steps must lie in 0..steps ({self.steps}), got {self.inter_steps}"
             )
-        if self.beta != 0 and self.s_inter > 0:
-            raise LayerpolicyError(
-                f"beta = {self.beta} adds a KL term to pi_theta, which phase 1 does not train; "
-                "use beta 0 with BuPO, or --inter-steps 0 for GRPO with KL"
-            )
+        check_beta(self.beta, self.s_inter)
         if self.layer != "auto" and not (isinstance(self.layer, int) and self.layer >= 1):
             raise LayerpolicyError(f"layer must be 'auto' or a 1-based layer, got {self.layer!r}")
         if self.responses % (self.mini_batches * self.grad_accum):
