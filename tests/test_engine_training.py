@@ -12,6 +12,7 @@ from trl import GRPOConfig
 
 from layerpolicy.bupo.engine import (
     check_engine,
+    check_launch,
     engine_record,
     save_final_model,
     training_precision,
@@ -88,7 +89,11 @@ def test_engine_record_and_a_config_that_cannot_get_its_engine(monkeypatch):
         monkeypatch.setenv(variable, "true")
         with pytest.raises(LayerpolicyError, match=f"asks for {engine} but accelerate runs NO"):
             check_engine(accelerator)
+        if engine == "FSDP" and not torch.cuda.is_available():  # refused before any work
+            with pytest.raises(LayerpolicyError, match="asks for FSDP but no CUDA GPU is visible"):
+                check_launch()
         monkeypatch.delenv(variable)
+    check_launch()  # nothing asked
 
 
 def test_lora_save_in_one_process_equals_the_merged_model(tiny_dirs, tmp_path):

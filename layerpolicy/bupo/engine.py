@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from ..devices import choose_dtype
 from ..errors import LayerpolicyError
 
+ENGINE_REQUESTS = (("FSDP", "ACCELERATE_USE_FSDP"), ("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED"))
 LOAD_DTYPE = "float32"  # the master weights that AdamW updates
 ADAPTER_SUFFIX = ".adapter"
 
@@ -59,21 +61,43 @@ def engine_record(accelerator: Any) -> dict[str, Any]:
     return record
 
 
+def requested_engine() -> str | None:
+    """FSDP or DEEPSPEED when `accelerate launch` was given a config asking for it, else None."""
+    for wanted, variable in ENGINE_REQUESTS:
+        if os.environ.get(variable, "false").lower() == "true":
+            return wanted
+    return None
+
+
+def check_launch() -> None:
+    """Before any heavy work: one line when the launch asks for FSDP or DeepSpeed and this
+    machine cannot give it (no CUDA GPU, or DeepSpeed not installed); `check_engine` checks
+    what accelerate then actually runs."""
+    wanted = requested_engine()
+    if wanted is None:
+        return
+    missing = None if torch.cuda.is_available() else "no CUDA GPU is visible"
+    if wanted == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
+        missing = "DeepSpeed is not installed (pip install deepspeed)"
+    if missing:
+        raise LayerpolicyError(
+            f"the launch config asks for {wanted} but {missing}; launch on GPUs or use a config "
+            "without it (configs/accelerate/multi_gpu.yaml, or --multi_gpu on CPU)"
+        )
+
+
 def check_engine(accelerator: Any) -> None:
     """One line when the launch asked for FSDP or DeepSpeed (accelerate launch sets
     ACCELERATE_USE_FSDP / ACCELERATE_USE_DEEPSPEED from its config) but accelerate runs another
     engine, e.g. DDP because no GPU is visible."""
     kind = str(accelerator.distributed_type).split(".")[-1]
-    for wanted, variable in (
-        ("FSDP", "ACCELERATE_USE_FSDP"),
-        ("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED"),
-    ):
-        if os.environ.get(variable, "false").lower() == "true" and kind != wanted:
-            raise LayerpolicyError(
-                f"the launch config asks for {wanted} but accelerate runs {kind} (FSDP and "
-                "DeepSpeed need GPUs, one per process); launch on GPUs or use a config without "
-                f"{wanted} (configs/accelerate/multi_gpu.yaml, or --multi_gpu on CPU)"
-            )
+    wanted = requested_engine()
+    if wanted is not None and kind != wanted:
+        raise LayerpolicyError(
+            f"the launch config asks for {wanted} but accelerate runs {kind} (FSDP and "
+            "DeepSpeed need GPUs, one per process); launch on GPUs or use a config without "
+            f"{wanted} (configs/accelerate/multi_gpu.yaml, or --multi_gpu on CPU)"
+        )
 
 
 def save_final_model(trainer: Any, path: str | Path) -> None:
