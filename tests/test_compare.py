@@ -14,12 +14,13 @@ import torch
 from layerpolicy.cli.app import main
 
 import layerpolicy.comparison as comparison
-from layerpolicy.analysis import analyse
+from layerpolicy.analysis import analyse, load_run
 from layerpolicy.comparison import compare
-from layerpolicy.config import AnalysisConfig
+from layerpolicy.config import AnalysisConfig, ModelConfig, PromptConfig
 from layerpolicy.engine import Engine
 from layerpolicy.errors import LayerpolicyError, RunDirectoryError
 from layerpolicy.models.tiny import build_tiny_tokenizer, save_tiny_model, tiny_config
+from layerpolicy.spec import RunSpec
 from layerpolicy.tables.difference import difference
 from layerpolicy.tables.schema import COMPARISON_COLUMNS, DIFFERENCE_COLUMNS
 
@@ -75,6 +76,25 @@ def test_second_compare_with_same_settings_does_no_forward_pass(
     assert first.runs == again.runs
     with pytest.raises(AssertionError, match="scored again"):  # other settings: a new run
         fast_compare(specs, tmp_path, dataclasses.replace(analysis_config, n_boot=60))
+
+
+def test_a_run_spec_gives_the_same_comparison_and_loads_the_same_cache(
+    tiny_dirs, tiny_deep_dir, tmp_path, monkeypatch, analysis_config
+):
+    specs = [tiny_dirs["qwen2"], tiny_deep_dir]
+    first = fast_compare(specs, tmp_path, analysis_config)
+    monkeypatch.setattr(Engine, "score", lambda *a, **k: pytest.fail("scored again"))
+    spec = RunSpec(ModelConfig(device="cpu"), PromptConfig(limit=2), analysis_config)
+    again = compare([str(s) for s in specs], spec, progress=False, cache=tmp_path / "cache")
+    pd.testing.assert_frame_equal(first.comparison, again.comparison)
+    assert first.runs == again.runs
+    for run in first.runs.values():  # each cached run records its own settings and command
+        record = load_run(run).record
+        assert record["settings"] == spec.replace(model=str(run)).settings(
+            record["prompts"]["sha256"], model_name=record["model"]["name"]
+        )
+    with pytest.raises(LayerpolicyError, match="a RunSpec holds its prompts and settings"):
+        compare([str(s) for s in specs], spec, limit=2, cache=tmp_path / "cache")
 
 
 def test_cli_compares_models_of_different_depth_and_vocabulary(
