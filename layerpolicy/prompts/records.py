@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import PromptSourceError
+from ..tables.values import is_missing
 from .items import Message, PromptItem
 
 PROMPT_COLUMNS = ("prompt", "messages", "question", "problem", "input", "text")
@@ -143,9 +144,8 @@ def _as_messages(value: Any, item_id: str, column: str) -> tuple[Message, ...]:
 
 
 def _is_missing(value: Any) -> bool:
-    if isinstance(value, str):
-        return not value.strip()
-    return value is None or (isinstance(value, float) and value != value)
+    """A missing cell (`is_missing`) or blank text."""
+    return (not value.strip()) if isinstance(value, str) else is_missing(value)
 
 
 def _as_text(value: Any) -> str | None:
