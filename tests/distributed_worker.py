@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule, fully_shard
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import GRPOConfig
 from trl.trainer.utils import add_fused_lm_head
 
@@ -130,10 +130,29 @@ def step(trainer, model, engine, location, phase, rank) -> dict[str, float]:
     return {"max_grad_difference": worst, "params_with_grad": len(expected)}
 
 
+class AdapterSnapshots(TrainerCallback):
+    """The LoRA weights at the start and after the first optimizer step (a phase-1 rollout)."""
+
+    def __init__(self) -> None:
+        self.taken: list[dict[str, torch.Tensor]] = []
+
+    def _take(self, model: torch.nn.Module) -> None:
+        weights = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+        self.taken.append(weights)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._take(model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 1:
+            self._take(model)
+
+
 def lora_run(location: str, out: Path) -> None:
     """Under accelerate launch: a LoRA BupoTrainer trains one phase-1 and one phase-2 rollout
-    (DDP), saves with `save_final_model`; rank 0 compares the saved model with the trained
-    adapter merged in memory."""
+    (DDP, weight decay on), the adapters above k bitwise unchanged by the phase-1 step; it saves
+    with `save_final_model` and rank 0 compares the saved model with the trained adapter merged
+    in memory."""
     from peft import LoraConfig
 
     from layerpolicy.bupo.engine import engine_record, save_final_model
@@ -142,7 +161,7 @@ def lora_run(location: str, out: Path) -> None:
         output_dir=str(out / "trainer"), use_cpu=True, per_device_train_batch_size=2,
         num_generations=2, max_completion_length=COMPLETION, report_to="none", beta=0.0,
         disable_tqdm=True, bf16=False, max_steps=2, learning_rate=1e-2, save_strategy="no",
-        ddp_find_unused_parameters=True, logging_steps=1,
+        ddp_find_unused_parameters=True, logging_steps=1, weight_decay=0.01,
     )  # fmt: skip
     from datasets import Dataset
 
@@ -153,8 +172,17 @@ def lora_run(location: str, out: Path) -> None:
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"),
         layer=K, inter_rollouts=1, layer_stats=False,
     )  # fmt: skip
+    snapshots = AdapterSnapshots()
+    trainer.add_callback(snapshots)
     trainer.train()
     assert trainer.rollouts == 2, trainer.rollouts
+    start, after_phase1 = snapshots.taken
+    for name, value in start.items():
+        same = torch.equal(value, after_phase1[name])
+        if above_k(name):
+            assert same, f"{name} moved in the phase-1 update"
+        elif "lora_B" in name:
+            assert not same, f"{name} did not move in the phase-1 update"
     save_final_model(trainer, out / "model")
     if trainer.accelerator.is_main_process:
         saved = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()

@@ -5,7 +5,8 @@ DDP without GPUs) drive BupoTrainer's log-probs through a phase-1 step and a pha
 (tests/distributed_worker.py): the gradients equal the single-process ones, the blocks above k
 and the final norm are bitwise unchanged by the phase-1 update, and under FSDP2 every block is
 still a sharded, non-root FSDP module after both phases. A 2-process LoRA run through accelerate
-launch trains both phases, saves, and its saved model equals the trained adapter merged in memory.
+launch trains both phases (its adapters above k bitwise unchanged by the phase-1 step, weight decay
+on), saves, and its saved model equals the trained adapter merged in memory.
 """
 
 from __future__ import annotations
