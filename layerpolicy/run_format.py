@@ -57,5 +57,5 @@ def check_format(recorded: Mapping[str, Any], where: str) -> None:
     if version != FORMAT_VERSION:
         raise RunDirectoryError(
             f"{where} of format {version} (this layerpolicy reads format "
-            f"{FORMAT_VERSION}); rerun with --force"
+            f"{FORMAT_VERSION}); rerun the command that made it with --force"
         )

@@ -149,7 +149,10 @@ def test_runs_of_the_old_format_are_refused_with_one_line(tiny_models, tmp_path,
     assert record["format_version"] == record["settings"]["format_version"] == 2
     del record["format_version"], record["settings"]["format_version"]  # as format 1 wrote it
     (out / "run.json").write_text(json.dumps(record))
-    fix = r"holds a run of format 1 \(this layerpolicy reads format 2\); rerun with --force"
+    fix = (
+        r"holds a run of format 1 \(this layerpolicy reads format 2\); rerun the command that "
+        "made it with --force"
+    )
     with pytest.raises(RunDirectoryError, match=fix):
         load_run(out)
     with pytest.raises(RunDirectoryError, match=fix):

@@ -76,7 +76,8 @@ def test_a_record_of_another_format_is_refused_with_the_fix():
     with pytest.raises(RunDirectoryError) as error:
         spec.check_against({"settings": old}, where="runs/x", prompts_sha256="abc")
     assert str(error.value) == (
-        "runs/x holds a run of format 1 (this layerpolicy reads format 2); rerun with --force"
+        "runs/x holds a run of format 1 (this layerpolicy reads format 2); rerun the command "
+        "that made it with --force"
     )
 
 
