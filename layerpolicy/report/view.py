@@ -95,12 +95,12 @@ def build_report(result: RunTables, *, max_prompts: int = MAX_PROMPTS) -> Report
 
 def _meta(record: dict[str, Any], summary: pd.DataFrame, n_shown: int) -> str:
     readouts = ", ".join(READOUT_LABELS.get(r, r) for r in summary["readout"].unique())
-    model, prompts = record["model"], record.get("prompts", {})
+    model, prompts = record["model"], record["prompts"]
     weights = f", weights {model['quantisation']}" if model.get("quantisation") else ""
     items = [
-        f"model {model['name']} ({model.get('n_layers')} layers{weights})",
+        f"model {model['name']} ({model['n_layers']} layers{weights})",
         f"readout: {readouts}",
-        f"prompts: {prompts.get('source') or 'built-in'}, {prompts.get('n_prompts')} scored, "
+        f"prompts: {prompts['source'] or 'built-in'}, {prompts['n_prompts']} scored, "
         f"{n_shown} in the heatmap",
         "entropies and KL in nats; KL(π_θ ‖ readout); 95% bootstrap CIs over prompts",
     ]
@@ -286,9 +286,9 @@ def _vocabulary(ids: set[int], tokens: pd.DataFrame, record: dict[str, Any]) -> 
 
 def _local_tokenizer(record: dict[str, Any]) -> Any | None:
     """The run's tokenizer when it loads from local files (never the network), else None."""
-    location = record.get("model", {}).get("location")
-    if not location or (Path(location).is_absolute() and not Path(location).is_dir()):
-        return None  # no location, or a local model that is gone
+    location = record["model"]["location"]
+    if Path(location).is_absolute() and not Path(location).is_dir():
+        return None  # a local model that is gone
     from transformers import AutoTokenizer
 
     try:
