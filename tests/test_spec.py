@@ -119,6 +119,7 @@ def test_header_names_the_format_kind_command_and_versions():
     "spec",
     [
         RunSpec(),
+        RunSpec(ModelConfig(device_map="auto", max_memory="cpu=2GB,disk=1TB")),
         RunSpec(
             ModelConfig("qwen", dtype="bfloat16", device="cpu", offline=True),
             PromptConfig(
