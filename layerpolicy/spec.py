@@ -33,7 +33,6 @@ __all__ = [
 if TYPE_CHECKING:
     from .bupo.config import TrainConfig
 
-KINDS = ("entropy", "train")
 # A preset: the model and the TrainConfig fields of a shipped run. The paper's Qwen3-4B run
 # (docs/method.md section 4): 300 rollouts of 128 prompts x 8, k = 6, s_inter = 30. The response
 # budget is not part of the paper's table; 4096 tokens is ours.
