@@ -122,11 +122,10 @@ class RunSpec:
         """Raise one line unless `recorded` (a run's settings, or its whole run.json) holds these
         settings; on `resume` the `resumable` ones may differ. A run of another format is refused
         first, with the fix."""
-        what = "a run" if "settings" in recorded else "shards"
         check_settings(
             recorded.get("settings", recorded),
             self.settings(prompts_sha256, model_name=model_name),
-            where=f"{where} holds {what}",
+            where=f"{where} holds a run",
             allowed=self.resumable() if resume else (),
             fix="resume with the same ones or choose another --out"
             if self.train is not None
