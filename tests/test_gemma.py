@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from layerpolicy.cli.app import main
 
 from layerpolicy.engine import Engine, EngineConfig
 from layerpolicy.models import load_model, packaged
@@ -152,6 +153,21 @@ def test_gemma_alias_falls_back_to_the_packaged_model_offline():
     spec = PACKAGED_MODELS[GEMMA]
     assert spec.family == "gemma" and spec.architecture == "Gemma3ForCausalLM"
     assert "Gemma Terms of Use" in spec.license and not spec.chat_template
+
+
+def test_models_lists_every_packaged_model_with_its_licence(capsys, monkeypatch):
+    from layerpolicy.cli import console as cli_console
+
+    monkeypatch.setattr(cli_console.console, "width", 400)
+    assert main(["models"]) == 0
+    listed = {
+        line.split("│")[1].strip(): line for line in capsys.readouterr().out.splitlines()
+        if line.count("│") > 6 and line.split("│")[1].strip() in PACKAGED_MODELS
+    }  # fmt: skip
+    assert set(listed) == set(PACKAGED_MODELS)
+    for name, spec in PACKAGED_MODELS.items():
+        assert spec.license in listed[name]
+    assert "Gemma Terms of Use (ai.google.dev/gemma/terms)" in listed[GEMMA]
 
 
 def test_a_base_model_without_chat_template_is_pulled_without_requiring_one(tmp_path, monkeypatch):
