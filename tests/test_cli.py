@@ -181,6 +181,7 @@ def test_prompt_config_applies_limit_to_a_loaded_prompt_set():
 # ----------------------------------------------------------------------------- thin commands
 
 
+@pytest.mark.slow
 def test_console_module_imports_nothing_from_the_app():
     code = (
         "import sys, layerpolicy.cli.console, layerpolicy.cli.entropy, layerpolicy.cli.compare; "

@@ -196,6 +196,7 @@ def test_before_after_runs_give_the_difference(training_run, tmp_path, analysis_
     assert "From qwen2 (before) to qwen2 (after)" in result.reading
 
 
+@pytest.mark.slow
 def test_a_second_compare_into_the_same_out_waits_for_the_first(
     training_run, tmp_path, capfd, analysis_config
 ):

@@ -183,6 +183,7 @@ def _rows(reference, rows):
     )
 
 
+@pytest.mark.slow
 def test_compiled_block_kernel_equals_eager():
     """Large CPU blocks go through torch.compile (when it works here); same numbers."""
     compiled = compiled_block_stats()

@@ -51,6 +51,7 @@ def test_notebook_is_stored_without_outputs(path):
             assert not cell.outputs and cell.execution_count is None, f"{path.name} has outputs"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_with_tiny_settings(path, tmp_path, monkeypatch):
     monkeypatch.setenv("LAYERPOLICY_CACHE", str(tmp_path / "cache"))

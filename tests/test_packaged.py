@@ -272,6 +272,7 @@ print("COMPILED" if kernel is not None else "EAGER " + " | ".join(str(w.message)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="no C++ compiler"
 )

@@ -171,6 +171,7 @@ def _assert_equal_runs(merged, single) -> None:
     np.testing.assert_allclose(merged.summary["mean"], single.summary["mean"], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_two_process_launch_equals_the_single_process_run(tiny_dirs, tmp_path, single_run):
     out = tmp_path / "launch"
     launch = _launch(tiny_dirs["qwen2"], out)
@@ -185,6 +186,7 @@ def test_two_process_launch_equals_the_single_process_run(tiny_dirs, tmp_path, s
     assert sorted(p.name for p in (out / "parts").glob("*.parquet"))[0].startswith("shard-0-of-2")
 
 
+@pytest.mark.slow
 def test_a_rank_killed_mid_run_is_resumed_by_the_next_launch(tiny_dirs, tmp_path, single_run):
     out = tmp_path / "killed"
     launch = _launch(tiny_dirs["qwen2"], out)

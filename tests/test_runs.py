@@ -60,6 +60,7 @@ def _start_holder(out: Path) -> subprocess.Popen:
     return holder
 
 
+@pytest.mark.slow
 def test_lock_names_the_holder_and_a_kill_9_leaves_no_stale_lock(tmp_path):
     out = tmp_path / "run"
     holder = _start_holder(out)
@@ -84,6 +85,7 @@ def test_lock_names_the_holder_and_a_kill_9_leaves_no_stale_lock(tmp_path):
         assert (out / ".lock").read_text().strip() == str(os.getpid())
 
 
+@pytest.mark.slow
 def test_a_waiting_lock_is_granted_when_the_holder_dies(tmp_path, capsys):
     out = tmp_path / "run"
     holder = _start_holder(out)
@@ -239,6 +241,7 @@ def _entropy_cli(model_dir: Path, out: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_out_both_end_with_the_single_run(tiny_dirs, tmp_path):
     """Started at once on one --out: the second waits, then loads the first one's finished run."""
     out = tmp_path / "shared"

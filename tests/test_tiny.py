@@ -61,6 +61,7 @@ def two_builds(tmp_path_factory) -> tuple[list[Path], list[Path]]:
     return _build_in_fresh_process(root / "a"), _build_in_fresh_process(root / "b")
 
 
+@pytest.mark.slow
 def test_builds_in_separate_processes_are_byte_identical(two_builds):
     first, second = two_builds
     assert [p.name for p in first] == list(TINY_ARCHITECTURES)

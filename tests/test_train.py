@@ -187,6 +187,7 @@ def test_dual_clip_loss_equals_a_hand_computation(tiny_dirs, tmp_path):
 # ----------------------------------------------------------------------------- phases
 
 
+@pytest.mark.slow
 def test_phase_switches_after_exactly_s_inter_rollouts_and_holds_per_buffer(tiny_dirs, tmp_path):
     trainer = make_trainer(tiny_dirs, tmp_path, steps=3, inter_steps=2, num_iterations=2, lr=1e-2)
     assert trainer.args.steps_per_generation == 2 and trainer.num_iterations == 2
@@ -224,6 +225,7 @@ class Interrupted(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_in_the_middle_of_phase_one_continues_phase_one(tiny_dirs, tmp_path):
     spec, out = str(tiny_dirs["qwen3"]), tmp_path / "run"
     config = TrainConfig(**FAST, steps=3, inter_steps=2, layer=K, lr=1e-2, save_every=1)
@@ -256,6 +258,7 @@ def test_resume_in_the_middle_of_phase_one_continues_phase_one(tiny_dirs, tmp_pa
 # ----------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_train_cli_end_to_end_with_analysis_and_hf_checkpoints(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(
@@ -315,6 +318,7 @@ def _artifacts(run: Path) -> set[str]:
     }
 
 
+@pytest.mark.slow
 def test_two_processes_finish_and_write_the_same_artifacts_as_one(tiny_dirs, tmp_path):
     args = [
         "train", "--model", str(tiny_dirs["qwen2"]), "--limit", "4", "--steps", "2",
@@ -477,6 +481,7 @@ def test_auto_layer_without_exploration_region_asks_for_a_layer(tiny_dirs, tmp_p
     one_line_error(capsys, argv, expected, after_work=True)
 
 
+@pytest.mark.slow
 def test_runs_are_not_overwritten_and_resume_checks_settings(tiny_dirs, tmp_path):
     spec = str(tiny_dirs["qwen2"])
     with pytest.raises(RunDirectoryError, match="no training run to resume"):

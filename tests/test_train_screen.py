@@ -34,6 +34,7 @@ def spy_trained_prompts(monkeypatch) -> list[list[str]]:
     return seen
 
 
+@pytest.mark.slow
 def test_screen_keeps_prompts_solved_sometimes_and_reward_is_measured_before_and_after(
     tiny_dirs, tmp_path, monkeypatch
 ):

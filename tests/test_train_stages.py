@@ -24,6 +24,7 @@ from tests.training import FAST, K, one_line_error, parity_reward
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.slow
 def test_a_run_never_holds_two_copies_of_the_weights(tiny_dirs, tmp_path, monkeypatch):
     """Every `from_pretrained` (the base model's, the trainer's policy, the final model's) finds
     no earlier loaded model still alive: the analyses and evaluations load no second copy."""

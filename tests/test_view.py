@@ -289,6 +289,7 @@ def _errors(driver) -> list[dict]:
     return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
 
+@pytest.mark.slow
 @needs_browser
 def test_page_in_chromium_draws_and_hovers_top_tokens(browser, top_run, tokenizer):
     assert main(["view", str(top_run)]) == 0
@@ -327,6 +328,7 @@ def test_page_in_chromium_draws_and_hovers_top_tokens(browser, top_run, tokenize
     assert _errors(browser) == []
 
 
+@pytest.mark.slow
 @needs_browser
 def test_page_in_chromium_without_top_k_shows_the_note(browser, plain_run):
     assert main(["view", str(plain_run)]) == 0
