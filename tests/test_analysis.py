@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from layerpolicy.cli.app import main
+from layerpolicy.cli.app import main, spec_from_argv
 
 from layerpolicy.analysis import analyse, load_run
 from layerpolicy.config import AnalysisConfig, PromptConfig
@@ -18,6 +18,7 @@ from layerpolicy.report import run_figures
 from layerpolicy.runs import RunDirectory
 
 
+@pytest.mark.end_to_end
 def test_entropy_cli_writes_tables_record_and_figures(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(
@@ -46,6 +47,13 @@ def test_entropy_cli_writes_tables_record_and_figures(tiny_dirs, tmp_path, capsy
     assert record["versions"]["torch"]
     assert record["readout_checks"]["linearity_shortcut"] == "used"
     assert record["sampling"] is None and record["prompts"]["n_prompts"] == 3
+    assert record["format_version"] == 2 and record["kind"] == "entropy"
+    argv = record["argv"]  # the command that reproduces the run, read back by the CLI's parser
+    assert argv == ["layerpolicy", "entropy", "--model", str(tiny_dirs["qwen3"]), "--limit", "3",
+                    "--batch-size", "2"]  # fmt: skip
+    spec_from_argv(argv[1:]).check_against(
+        record, prompts_sha256=record["prompts"]["sha256"], model_name=record["model"]["name"]
+    )
     for name in ("entropy_profile", "entropy_change", "kl_to_final", "heatmap_first_prompt"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 0
         assert (out / "figures" / f"{name}.svg").stat().st_size > 0
