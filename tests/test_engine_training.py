@@ -19,6 +19,7 @@ from layerpolicy.bupo.engine import (
 )
 from layerpolicy.bupo.trainer import BupoTrainer
 from layerpolicy.errors import LayerpolicyError
+from tests.training import one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 K = 2
@@ -94,6 +95,18 @@ def test_engine_record_and_a_config_that_cannot_get_its_engine(monkeypatch):
                 check_launch()
         monkeypatch.delenv(variable)
     check_launch()  # nothing asked
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal needs a machine without CUDA")
+def test_an_fsdp_launch_without_gpus_is_one_line_before_any_work(
+    tiny_dirs, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    argv = ["train", "--model", str(tiny_dirs["qwen2"]), "--layer", "2", "--limit", "4"]
+    one_line_error(
+        capsys, [*argv, "--out", str(tmp_path / "run")], "asks for FSDP but no CUDA GPU is visible"
+    )
+    assert not (tmp_path / "run").exists()
 
 
 def test_lora_save_in_one_process_equals_the_merged_model(tiny_dirs, tmp_path):

@@ -33,6 +33,7 @@ from ..runs import RunDirectory, read_json, write_json
 from ..spec import RunSpec
 from .config import TrainConfig, grpo_arguments
 from .data import prepare, training_prompts
+from .engine import check_launch
 from .layer import boundary_layer_from, check_layer
 from .record import Outcome, base_record, report_stage, screen_record
 from .results import open_run
@@ -88,6 +89,7 @@ def train(
     run.check_not_file("--out")
     prompt_set = training_prompts(spec.prompts, per_step=config.prompts_per_step)
     _check_installed(config)
+    check_launch()  # an FSDP / DeepSpeed launch this machine cannot run: one line, no work
     grpo_arguments(config, str(run.path / "checkpoints"), current_shard().world)
     n_layers, name = model_depth(spec.model)
     if isinstance(config.layer, int):
