@@ -30,10 +30,13 @@ ROLLOUTS = 4  # 2 in phase 1, 2 in phase 2
 Row = tuple[str, str, str, str]
 
 
-def bupo_smoke_rows(location: str, layer: int = 4, time_limit: int = TIME_LIMIT_S) -> list[Row]:
+def bupo_smoke_rows(
+    location: str, layer: int = 4, time_limit: int = TIME_LIMIT_S, device: str = "cuda"
+) -> list[Row]:
     """gpu_check's rows of one smoke run of `location` (a model directory), run in a subprocess
     killed after `time_limit` seconds."""
     command = [sys.executable, str(Path(__file__)), location, "--layer", str(layer)]
+    command += ["--device", device]
     setting = f"{Path(location).name}, k = {layer}, {ROLLOUTS} rollouts, bf16 autocast"
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=time_limit)
