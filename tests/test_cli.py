@@ -200,6 +200,7 @@ def test_help_lists_the_choices(capsys, monkeypatch):
     assert "--thinking" in text and "--no-thinking" in text and "--top-k" in text
 
 
+@pytest.mark.end_to_end
 def test_entropy_rerun_of_a_finished_run_loads_no_model(tiny_dirs, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     argv = ["entropy", "--model", str(tiny_dirs["qwen2"]), "--limit", "2", "--out", str(out)]
@@ -228,6 +229,7 @@ def test_entropy_rerun_of_a_finished_run_loads_no_model(tiny_dirs, tmp_path, cap
     assert "sites" in err
 
 
+@pytest.mark.end_to_end
 def test_entropy_summary_prints_the_summary_tables_values(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["entropy", "--model", str(tiny_dirs["llama"]), "--limit", "2", "--out", str(out)]

@@ -97,6 +97,7 @@ def test_a_run_spec_gives_the_same_comparison_and_loads_the_same_cache(
         compare([str(s) for s in specs], spec, limit=2, cache=tmp_path / "cache")
 
 
+@pytest.mark.end_to_end
 def test_cli_compares_models_of_different_depth_and_vocabulary(
     tiny_deep_dir, other_vocab_dir, tmp_path, capsys
 ):

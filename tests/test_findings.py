@@ -406,6 +406,7 @@ def test_entropy_command_has_the_settings_of_the_run_it_shows(tmp_path):
         tour.check_same_run(argv, tmp_path / "run")
 
 
+@pytest.mark.end_to_end
 def test_train_command_trains_bupo_spec(tmp_path, monkeypatch):
     seen = {}
 

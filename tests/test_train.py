@@ -258,6 +258,7 @@ def test_resume_in_the_middle_of_phase_one_continues_phase_one(tiny_dirs, tmp_pa
 # ----------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.end_to_end
 @pytest.mark.slow
 def test_train_cli_end_to_end_with_analysis_and_hf_checkpoints(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "run"

@@ -189,6 +189,7 @@ def test_notebook_display_is_an_iframe_of_the_page(top_run):
     assert '"' not in srcdoc and html.unescape(srcdoc) == report.html
 
 
+@pytest.mark.end_to_end
 def test_view_cli_writes_the_report(top_run, tmp_path, capsys):
     assert main(["view", str(top_run)]) == 0, capsys.readouterr().err
     assert (top_run / "view.html").read_text(encoding="utf-8") == load_run(top_run).view().html
