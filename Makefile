@@ -13,12 +13,13 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 demo: setup
 	$(BIN)/layerpolicy entropy --model smollm2-135m-instruct --limit 8 --out runs/demo
 
-## The whole test suite: tiny random models, the packaged SmolLM2, the notebooks.
+## The whole test suite: tiny random models, the packaged SmolLM2, the notebooks, the slow tests.
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
-## Tests without the real packaged model (no download).
+## The tests without the slow ones (process launches, notebooks, Chromium, training runs,
+## the real packaged models): a few minutes.
 test-fast: setup
 	$(BIN)/pytest -q -m "not slow"
 
