@@ -10,6 +10,7 @@ import torch
 from layerpolicy.errors import LayerpolicyError
 from layerpolicy.readout.precision import (
     PRECISIONS,
+    _float32_matmuls,
     default_precision,
     prepare_weight,
     readout_matmul,
@@ -139,3 +140,18 @@ def test_unknown_precision_is_one_line_naming_the_choices(readout_inputs):
 def test_default_precision_is_float32_off_cuda():
     assert default_precision("cpu") == "float32"
     assert default_precision(torch.device("meta")) == "float32"
+
+
+def test_cuda_tf32_setting_is_scoped_and_restored():
+    """The CUDA matmul setting is torch's process-wide one (settable without a GPU): on inside
+    the block, back to what it was after it, an error included, without mixing torch's APIs."""
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    with _float32_matmuls("tf32", emulate=False):
+        assert matmul.fp32_precision == "tf32"
+    assert matmul.fp32_precision == before
+    with pytest.raises(RuntimeError, match="inside"), _float32_matmuls("ieee", emulate=False):
+        assert matmul.fp32_precision == "ieee"
+        raise RuntimeError("inside")
+    assert matmul.fp32_precision == before
+    assert torch.get_float32_matmul_precision() == "highest"

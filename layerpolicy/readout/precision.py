@@ -9,10 +9,11 @@
     bfloat16  operands rounded to bfloat16 (7 mantissa bits), float32 output
 
 Logits are always float32 [n, vocab]. On CUDA, tf32 and split run with TF32 tensor cores allowed
-for their matmuls only (the global setting is restored after), bfloat16 runs a bfloat16 matmul
-with a float32 output. Elsewhere (CPU, MPS) the formats are emulated by rounding the operands
-and multiplying in float32: products of TF32 or bfloat16 values are exact in float32, so the
-emulation measures the modes' accuracy, not their speed.
+for their matmuls only (the global setting is restored after), float32 with them disallowed, and
+bfloat16 runs a bfloat16 matmul with a float32 output (torch 2.8 on; emulated before). Elsewhere
+(CPU, MPS) the formats are emulated by rounding the operands and multiplying in float32: products
+of TF32 or bfloat16 values are exact in float32, so the emulation measures the modes' accuracy,
+not their speed.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..errors import LayerpolicyError
 
 PRECISIONS = ("float32", "split", "tf32", "bfloat16")
 TF32_DROPPED_BITS = 13  # float32 has 23 stored mantissa bits, TF32 10
+_MM_OUT_DTYPE = hasattr(torch.ops.aten.mm, "dtype")  # bfloat16 x bfloat16 -> float32 (torch 2.8+)
 
 
 def check_precision(precision: str) -> str:
@@ -48,6 +50,11 @@ def default_precision(device: torch.device | str) -> str:
     if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
         return "split"
     return "float32"
+
+
+def resolve_precision(precision: str | None, device: torch.device | str) -> str:
+    """`precision` (checked), or `device`'s default where None."""
+    return default_precision(device) if precision is None else check_precision(precision)
 
 
 def round_tf32(x: torch.Tensor) -> torch.Tensor:
@@ -94,7 +101,7 @@ def prepare_weight(weight: torch.Tensor, precision: str) -> ReadoutWeight:
     """W_U [vocab, d_model] (float32, no autograd) as `precision`'s matmul takes it. float32 keeps
     W itself; the others hold one rounded copy (split: two), so prepare once per run."""
     check_precision(precision)
-    emulate = weight.device.type != "cuda"
+    emulate = weight.device.type != "cuda" or (precision == "bfloat16" and not _MM_OUT_DTYPE)
     if precision == "split":
         parts = split_tf32(weight)
     elif precision == "tf32" and emulate:
@@ -139,9 +146,12 @@ def _float32_matmuls(mode: str, emulate: bool) -> Iterator[None]:
         yield
         return
     matmul = torch.backends.cuda.matmul
-    before = matmul.fp32_precision
-    matmul.fp32_precision = mode
+    name, value = ("fp32_precision", mode)  # torch 2.9+; older: the allow_tf32 flag
+    if not hasattr(matmul, name):
+        name, value = "allow_tf32", mode == "tf32"
+    before = getattr(matmul, name)
+    setattr(matmul, name, value)
     try:
         yield
     finally:
-        matmul.fp32_precision = before
+        setattr(matmul, name, before)
