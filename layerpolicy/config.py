@@ -123,7 +123,9 @@ class PromptConfig:
     chat_template: render with the tokenizer's template; thinking: the template's thinking mode
     (where it has one). max_tokens: longer inputs are truncated (counted and warned about).
     generate: sample up to this many new tokens per prompt from softmax(z / temperature) with
-    `sampler` (hf | vllm) and score the response only.
+    `sampler` (hf | vllm) and score the response only; samples: responses per prompt.
+    responses: a run directory or responses.parquet whose saved responses are scored (their
+    prompts in place of `source`, their ids as they are).
     """
 
     # the prompts themselves are recorded by their hash (prompts_sha256), not by these fields
@@ -140,8 +142,21 @@ class PromptConfig:
     generate: int | None = field(default=None, metadata=setting())
     temperature: float = field(default=1.0, metadata=setting())
     sampler: str = field(default="hf", metadata=setting())
+    samples: int = field(default=1, metadata=setting())
+    responses: str | Path | None = field(default=None, metadata=setting())
 
     def __post_init__(self) -> None:
+        check_at_least("samples", self.samples, 1)
+        if self.samples > 1 and not self.generate:
+            raise LayerpolicyError("--samples draws responses; give --generate N with it")
+        if self.responses is not None and (self.generate or self.response_column):
+            raise LayerpolicyError(
+                "--responses scores saved responses; drop --generate and --response-column"
+            )
+        if self.responses is not None and self.source not in (None, str(self.responses)):
+            raise LayerpolicyError(
+                "--responses brings its own prompts; drop --prompts (or give the same path)"
+            )
         check_at_least("limit", self.limit, 1, optional=True)
         check_at_least("max_tokens", self.max_tokens, 2, optional=True)
         check_at_least("generate", self.generate, 1, optional=True)
@@ -167,8 +182,14 @@ class PromptConfig:
         return cls(source=prompts, limit=limit)
 
     def load(self) -> PromptSet:
-        """The prompts (a given PromptSet is cut to `limit` too)."""
+        """The prompts (a given PromptSet is cut to `limit` too); with `responses`, the prompts
+        of the saved responses, in their order."""
         from .prompts import load_prompts
+
+        if self.responses is not None:
+            from .responses import saved_prompts
+
+            return saved_prompts(self.responses, self.limit)[0]
 
         return load_prompts(
             self.source,

@@ -41,7 +41,7 @@ def render_figures_readme(record: dict[str, Any]) -> str:
         "Regenerate with `make figures` (`python -m scripts.make_figures --help` for options);",
         "finished runs under `runs/` are reused, so a rerun only redraws. Entropies in nats.",
         "The README's generated blocks are rendered from this directory alone",
-        "(scripts/findings.py, scripts/tour.py); `record.json` holds the run facts they quote.",
+        "(scripts/findings*.py, scripts/tour.py); `record.json` holds the run facts they quote.",
         "",
         "## Family comparison",
         "",
