@@ -31,10 +31,11 @@ from layerpolicy.models import load_model  # noqa: E402
 from layerpolicy.prompts import EncodedPrompt, load_prompts  # noqa: E402
 from layerpolicy.readout.capture import capture, make_batch  # noqa: E402
 from layerpolicy.readout.precision import PRECISIONS, prepare_weight, readout_matmul  # noqa: E402
-from layerpolicy.readout.sites import READOUT_MODES, Site, captured_sites, readout_order  # noqa: E402
+from layerpolicy.readout.sites import Site, captured_sites, readout_order  # noqa: E402
 from layerpolicy.readout.unembed import Unembedding  # noqa: E402
 
 MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
+READOUTS = ("raw", "logit-lens")  # the readouts that need nothing beyond the model
 FIELDS = ("model", "readout", "precision", "tokens", "readouts", "max_abs_dH", "median_abs_dH")
 
 
@@ -76,8 +77,8 @@ def entropy_errors(
     (readout mode, precision): the model's policy (final) from H^L, the rest from their vectors."""
     weights = {p: prepare_weight(unembed.weight32, p) for p in PRECISIONS}
     weight64 = unembed.weight32.double()
-    errors = {(r, p): [] for r in READOUT_MODES for p in PRECISIONS}
-    for readout in READOUT_MODES:
+    errors = {(r, p): [] for r in READOUTS for p in PRECISIONS}
+    for readout in READOUTS:
         for site in order:
             final = site.name == "final"
             vector = vectors[Site("resid", n_layers) if final else site]
