@@ -18,9 +18,10 @@ from .config import AnalysisConfig, ModelConfig, PromptConfig
 from .errors import LayerpolicyError, RunDirectoryError
 from .models import LoadedModel
 from .parallel import Shard, current_shard, parallel_record, run_sharded
-from .prompt_scoring import sampling_config, score_prompts
+from .prompt_scoring import check_saved_tokenizer, responses_record, sampling_config, score_prompts
 from .prompts import PromptSet, thinking_mode
 from .report.view import MAX_PROMPTS, Report, build_report
+from .responses import RESPONSES_NAME, merge_parts, write_part
 from .runs import RunDirectory, write_csv, write_parquet
 from .spec import RunSpec, check_format
 from .tables import shape, stats
@@ -38,6 +39,7 @@ class AnalysisResult:
     record: dict[str, Any]
     path: Path | None = None
     figures: list[Path] = field(default_factory=list)
+    responses: pd.DataFrame | None = None  # responses.parquet of a run with responses
 
     @property
     def model(self) -> str:
@@ -67,6 +69,7 @@ class _Job:
     loaded: LoadedModel | None = None
 
     def load(self) -> LoadedModel:
+        check_saved_tokenizer(self.spec.model, self.spec.prompts, self.loaded)
         return self.loaded or self.spec.model.load(progress=self.progress)
 
 
@@ -105,12 +108,15 @@ def analyse(
     job = _Job(spec, prompt_set, settings, progress, loaded)
     if out is None:
         frames: list[pd.DataFrame] = []
+        answered: list[pd.DataFrame] = []
         model = job.load()
         record = _record(model, job)
         truncated, checks = score_prompts(
-            model, prompt_set.items, spec.prompts, spec.analysis, frames.append, progress=progress
-        )
+            model, prompt_set.items, spec.prompts, spec.analysis, frames.append,
+            responses_sink=answered.append, progress=progress,
+        )  # fmt: skip
         result = _summarise(_concat(frames), record, spec.analysis)
+        result.responses = pd.concat(answered, ignore_index=True) if answered else None
         result.record.update(truncated_prompts=truncated, readout_checks=checks)
         return result
     run = RunDirectory(out)
@@ -134,8 +140,9 @@ def analyse(
         started = time.perf_counter()
         todo = [item for item in prompt_set.items if item.id not in done]
         truncated, checks = score_prompts(
-            model, todo, spec.prompts, spec.analysis, run.write_part, progress=progress
-        )
+            model, todo, spec.prompts, spec.analysis, run.write_part,
+            responses_sink=functools.partial(write_part, run.path), progress=progress,
+        )  # fmt: skip
         result = _summarise(run.merged_tokens(_ids(prompt_set)), record, spec.analysis)
         result.record["timings"] = {"score_s": round(time.perf_counter() - started, 3)}
         result.record.update(truncated_prompts=truncated, readout_checks=checks)
@@ -176,8 +183,9 @@ def _analyse_shard(job: _Job, run: RunDirectory, shard: Shard, *, force: bool) -
         started = time.perf_counter()
         write = functools.partial(run.write_part, prefix=prefix)
         truncated, checks = score_prompts(
-            loaded, items, job.spec.prompts, job.spec.analysis, write, progress=job.progress
-        )
+            loaded, items, job.spec.prompts, job.spec.analysis, write, progress=job.progress,
+            responses_sink=functools.partial(write_part, run.path, prefix=prefix),
+        )  # fmt: skip
         score_s = round(time.perf_counter() - started, 3)
         return {"truncated": truncated, "score_s": score_s, "readout_checks": checks}
 
@@ -221,6 +229,7 @@ def _record(model: LoadedModel, job: _Job) -> dict[str, Any]:
         "model": model.info.to_dict(),
         "prompts": {**job.prompt_set.record(), "thinking": thinking},
         "sampling": sampling.record(thinking) if sampling is not None else None,
+        "responses": responses_record(prompts, job.prompt_set.items),
         "kl_direction": "KL(pi_theta || readout)",
         "entropy_unit": "nats",
     }
@@ -247,6 +256,9 @@ def _summarise(
 
 
 def _write_results(run: RunDirectory, result: AnalysisResult) -> None:
+    result.responses = merge_parts(run.path, result.tokens["prompt_id"].unique())
+    if result.responses is not None:
+        write_parquet(result.responses, run.path / RESPONSES_NAME)
     write_parquet(result.tokens, run.tokens_path)
     write_parquet(result.prompt_means, run.prompt_means_path)
     write_csv(result.summary, run.summary_path)
@@ -279,4 +291,6 @@ def load_run(path: str | Path) -> AnalysisResult:
     means = run.read_table(run.prompt_means_path)
     summary = run.read_table(run.summary_path)
     figures = sorted((run.path / "figures").glob("*.*"))
-    return AnalysisResult(tokens, means, summary, record, run.path, figures)
+    saved = run.path / RESPONSES_NAME
+    responses = run.read_table(saved) if saved.is_file() else None
+    return AnalysisResult(tokens, means, summary, record, run.path, figures, responses)

@@ -23,7 +23,8 @@ _SWITCH_CACHE: dict[str, bool] = {}
 class EncodedPrompt:
     """Token ids of one prompt; `score_mask[t]`: the policy at t (predicting t+1) is scored.
 
-    `response_start` is the index of the first response token (None without a response).
+    `response_start` is the index of the first response token (None without a response);
+    `sample` the response's index among its prompt's sampled or saved responses (None: given).
     """
 
     prompt_id: str
@@ -31,6 +32,7 @@ class EncodedPrompt:
     score_mask: tuple[bool, ...]
     response_start: int | None
     truncated: bool
+    sample: int | None = None
 
 
 def uses_chat_template(tokenizer: Any, chat_template: bool = True) -> bool:
@@ -137,14 +139,16 @@ def encode_ids(
     response_ids: Sequence[int],
     *,
     max_tokens: int | None = None,
+    sample: int | None = None,
 ) -> EncodedPrompt:
-    """Already encoded prompt ids and response ids as one scored sequence (response only)."""
+    """Already encoded prompt ids and response ids as one scored sequence (response only);
+    `sample`: the response's index among its prompt's responses."""
     start = len(prompt_ids)
     ids = (*(int(i) for i in prompt_ids), *(int(i) for i in response_ids))
     kept, truncated = _truncate(ids, max_tokens)
     first_scored = max(start - 1, 0)
     mask = tuple(first_scored <= t < len(kept) - 1 for t in range(len(kept)))
-    return EncodedPrompt(prompt_id, kept, mask, start, truncated)
+    return EncodedPrompt(prompt_id, kept, mask, start, truncated, sample)
 
 
 def _render(tokenizer: Any, messages: list[dict[str, str]], variables: dict[str, Any]) -> str:

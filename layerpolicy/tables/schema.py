@@ -25,6 +25,46 @@ TOKEN_COLUMNS = [*TOKEN_KEYS, "site", "layer", "n_layers", *TOKEN_FLOAT_METRICS,
 # Optional token-table columns, present when scored with top_k > 0 (lists per row).
 TOP_K_COLUMNS = ("top_ids", "top_logprobs")
 
+# Optional token-table columns of runs that sample or score saved responses: the response's
+# index among its prompt's samples, and its grade (NA: ungraded) where the prompts have answers.
+SAMPLE_COLUMN = "sample"
+CORRECT_COLUMN = "correct"
+
+# responses.parquet: one row per (prompt, sample) of a run that samples (layerpolicy.responses).
+RESPONSE_COLUMNS = [
+    "prompt_id",
+    "sample",
+    "seed",
+    "prompt_ids",
+    "response_ids",
+    "response_text",
+    "n_tokens",
+    "finish_reason",
+    "answer",
+    "correct",
+    "tokenizer",
+]
+
+# by_correct.csv: correct against incorrect responses per (site, layer, metric) of one run.
+BY_CORRECT_COLUMNS = [
+    "site",
+    "layer",
+    "n_layers",
+    "rel_depth",
+    "metric",
+    "n_correct",
+    "correct",
+    "correct_low",
+    "correct_high",
+    "n_incorrect",
+    "incorrect",
+    "incorrect_low",
+    "incorrect_high",
+    "difference",
+    "difference_low",
+    "difference_high",
+]
+
 # Per-prompt means (prompt_means.parquet): one row per (prompt, site, layer, metric).
 MEANS_COLUMNS = ["prompt_id", "site", "layer", "n_layers", "metric", "value", "n_tokens"]
 

@@ -12,6 +12,7 @@ from layerpolicy.tables.schema import (
     ENTROPY_CHANGE,
     MEANS_COLUMNS,
     MODULE_INPUTS,
+    SAMPLE_COLUMN,
     SUMMARY_COLUMNS,
     TOKEN_METRICS,
 )
@@ -19,6 +20,7 @@ from layerpolicy.tables.schema import (
 _GROUP = ["prompt_id", "site", "layer", "n_layers"]
 _TOKEN_LAYER = ["prompt_id", "position", "layer"]
 _ROW = ["site", "layer", "n_layers", "metric"]
+_JOIN = "\x1f"  # joins a prompt id and a sample index into one response id
 
 
 def prompt_means(tokens: pd.DataFrame) -> pd.DataFrame:
@@ -31,8 +33,12 @@ def prompt_means(tokens: pd.DataFrame) -> pd.DataFrame:
     token then averaged: resid H(H^l) - H(H^{l-1}) with H^0 = embed; attn H(attn) - H(attn_in);
     mlp H(mlp) - H(mlp_in). A unit is skipped when one of its sites is absent from the table, and
     a ValueError is raised when its sites are present but some token lacks one of the two readouts.
+    With a `sample` column (several responses per prompt) a prompt's value is the mean of its
+    responses' means (each sample weighs the same) and `n_tokens` their sum.
     """
     _require_single_run(tokens)
+    if SAMPLE_COLUMN in tokens.columns:
+        return _mean_over_samples(response_means(tokens))
     metrics = [m for m in TOKEN_METRICS if m in tokens.columns and tokens[m].notna().any()]
     parts = [_long_means(tokens, metrics)]
     if "entropy" in metrics:
@@ -42,6 +48,29 @@ def prompt_means(tokens: pd.DataFrame) -> pd.DataFrame:
     means = pd.concat(parts, ignore_index=True)
     means = means[means["n_tokens"] > 0]
     return means.sort_values(["site", "metric", "layer", "prompt_id"], ignore_index=True)[
+        MEANS_COLUMNS
+    ]
+
+
+def response_means(tokens: pd.DataFrame) -> pd.DataFrame:
+    """`prompt_means` of each response of a table with a `sample` column: the prompt_means
+    layout plus `sample` (one row per prompt, sample, site, layer, metric)."""
+    if SAMPLE_COLUMN not in tokens.columns:
+        raise ValueError("the tokens hold no `sample` column; they are no responses")
+    key = tokens["prompt_id"].astype(str) + _JOIN + tokens[SAMPLE_COLUMN].astype(str)
+    means = prompt_means(tokens.drop(columns=SAMPLE_COLUMN).assign(prompt_id=key))
+    split = means["prompt_id"].str.rsplit(_JOIN, n=1, expand=True)
+    return means.assign(prompt_id=split[0], sample=split[1].astype(np.int32))
+
+
+def _mean_over_samples(means: pd.DataFrame) -> pd.DataFrame:
+    """Per-response means -> per-prompt means (mean over samples; tokens summed)."""
+    keys = ["prompt_id", "site", "layer", "n_layers", "metric"]
+    merged = means.groupby(keys, observed=True, sort=False).agg(
+        value=("value", "mean"), n_tokens=("n_tokens", "sum")
+    )
+    merged = merged.reset_index()
+    return merged.sort_values(["site", "metric", "layer", "prompt_id"], ignore_index=True)[
         MEANS_COLUMNS
     ]
 
@@ -111,6 +140,24 @@ def profile(summary: pd.DataFrame, metric: str, site: str, value: str = "mean") 
         )
     series.name = metric
     return series
+
+
+def two_sample_ci(
+    first: np.ndarray,
+    second: np.ndarray,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two-sample percentile bootstrap interval of mean(first) - mean(second) per row.
+
+    `first` (rows, n1) and `second` (rows, n2), NaN = absent: each sample is resampled on its
+    own draw (seeds `seed` and `seed + 1`), shared by every row."""
+    tail = 50.0 * (1.0 - confidence)
+    difference = _boot_means(first, n_boot, seed) - _boot_means(second, n_boot, seed + 1)
+    low, high = np.nanpercentile(difference, [tail, 100.0 - tail], axis=1)
+    return low, high
 
 
 def _require_single_run(tokens: pd.DataFrame) -> None:
@@ -189,15 +236,20 @@ def _bootstrap_rows(
     values: np.ndarray, *, n_boot: int, seed: int, confidence: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Percentile bootstrap interval of each row's mean; values (rows, n), NaN = absent."""
-    if values.shape[1] == 0:
-        raise ValueError("cannot bootstrap an empty sample")
     if n_boot < 1 or not 0 < confidence < 1:
         raise ValueError(f"need n_boot >= 1 and 0 < confidence < 1, got {n_boot}, {confidence}")
+    boot = _boot_means(values, n_boot, seed)
+    tail = 50.0 * (1.0 - confidence)
+    low, high = np.nanpercentile(boot, [tail, 100.0 - tail], axis=1)
+    return low, high
+
+
+def _boot_means(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """(rows, n_boot) bootstrap means of each row of values (rows, n), NaN = absent."""
+    if values.shape[1] == 0:
+        raise ValueError("cannot bootstrap an empty sample")
     counts = _resample_counts(values.shape[1], n_boot, seed)
     present = ~np.isnan(values)
     sums = np.where(present, values, 0.0) @ counts.T  # (rows, n_boot)
     sizes = present.astype(np.float64) @ counts.T
-    boot = np.divide(sums, sizes, out=np.full_like(sums, np.nan), where=sizes > 0)
-    tail = 50.0 * (1.0 - confidence)
-    low, high = np.nanpercentile(boot, [tail, 100.0 - tail], axis=1)
-    return low, high
+    return np.divide(sums, sizes, out=np.full_like(sums, np.nan), where=sizes > 0)

@@ -7,7 +7,7 @@ import pandas as pd
 
 from ..models import LoadedModel
 from ..prompts import EncodedPrompt
-from .schema import TOKEN_FLOAT_METRICS, TOP_K_COLUMNS
+from .schema import SAMPLE_COLUMN, TOKEN_FLOAT_METRICS, TOP_K_COLUMNS
 
 
 def batch_frame(
@@ -17,6 +17,7 @@ def batch_frame(
 
     With top-k columns, `top_ids` holds int32 arrays (most probable first) and `top_logprobs`
     float32 arrays of log-probs in nats; both are empty on rows of sites without top-k.
+    Responses with a sample index (sampled or saved ones) add the `sample` column.
     """
     rows = columns["row"]
     input_ids = [np.asarray(e.input_ids, dtype=np.int32) for e in encoded]
@@ -38,6 +39,9 @@ def batch_frame(
             "n_layers": np.int16(model.n_layers),
         }
     )
+    if encoded and encoded[0].sample is not None:  # sampled or saved responses
+        samples = np.array([e.sample for e in encoded], dtype=np.int32)[rows]
+        frame.insert(1, SAMPLE_COLUMN, samples)
     for name in TOKEN_FLOAT_METRICS:
         frame[name] = columns[name].astype(np.float32)
     frame["top1_agree"] = columns["top1_agree"].astype(bool)
