@@ -126,7 +126,9 @@ def family_runs(args: argparse.Namespace) -> tuple[CompareResult, CompareResult]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.make_figures", description=__doc__.splitlines()[0]
+    )
     parser.add_argument(
         "--prompts",
         default="math500",
