@@ -48,6 +48,8 @@ def compare(
     generate: int = options.Generate,
     temperature: float = options.Temperature,
     sampler: options.Sampler = options.SamplerOption,
+    samples: int = options.Samples,
+    responses: str = options.Responses,
     thinking: bool = options.Thinking,
     limit: int = options.Limit,
     batch_size: int = options.BatchSize,
@@ -80,7 +82,8 @@ def compare(
     spec = options.analysis_spec(
         model=DEFAULT_MODEL, prompts=prompts, column=None, response_column=None,
         readout=readout, sites=sites, top_k=top_k, generate=generate, temperature=temperature,
-        sampler=sampler, thinking=thinking, limit=limit, batch_size=batch_size,
+        sampler=sampler, samples=samples, responses=responses, thinking=thinking, limit=limit,
+        batch_size=batch_size,
         max_tokens=max_tokens, chunk_tokens=chunk_tokens, device=device, dtype=dtype,
         device_map=device_map, max_memory=max_memory, seed=seed,
         no_chat_template=no_chat_template, offline=offline,

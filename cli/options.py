@@ -92,6 +92,17 @@ Generate = typer.Option(
     help="Sample up to N new tokens per prompt (T=1) and score the response only.",
 )
 Temperature = typer.Option(1.0, "--temperature", min=0.0, help="Sampling temperature.")
+Samples = typer.Option(
+    1,
+    "--samples",
+    help="Responses per prompt with --generate (a prompt's statistics average its responses).",
+)
+Responses = typer.Option(
+    None,
+    "--responses",
+    help="Score saved responses (a run made with --generate, or its responses.parquet): exactly "
+    "those ids, response positions only, with this model and readout.",
+)
 SamplerOption = typer.Option(
     "hf", "--sampler", help="Sampler for --generate (vllm: when installed, on a GPU)."
 )
@@ -135,6 +146,8 @@ def analysis_spec(
     generate: int,
     temperature: float,
     sampler: str,
+    samples: int,
+    responses: str | None,
     thinking: bool,
     limit: int | None,
     batch_size: int,
@@ -170,6 +183,8 @@ def analysis_spec(
             generate=generate or None,
             temperature=temperature,
             sampler=sampler,
+            samples=samples,
+            responses=responses,
         ),
         AnalysisConfig(
             readout=readout,
