@@ -9,8 +9,9 @@ import typer
 from rich.table import Table
 
 from layerpolicy.config import DEFAULT_MODEL
+from layerpolicy.errors import LayerpolicyError
 from layerpolicy.parallel import current_shard
-from layerpolicy.tables.values import is_missing
+from layerpolicy.tables.values import interval, is_missing
 
 from . import options
 from .console import console, note
@@ -68,6 +69,12 @@ def compare(
     allow_mixed_readouts: bool = typer.Option(
         False, "--allow-mixed-readouts", help="Compare runs made with different readouts."
     ),
+    by: str = typer.Option(
+        None,
+        "--by",
+        help="correct: the correct against the incorrect responses of one graded run (made "
+        "with --generate on prompts with answers), per layer with 95% CIs.",
+    ),
     cache: Path = typer.Option(
         Path("runs") / "cache", "--cache", help="Where analysed models are kept for reuse."
     ),
@@ -79,6 +86,9 @@ def compare(
     """Overlay entropy, module entropy change and KL to final; tabulate shape statistics."""
     options.check_out(out)
     options.check_out(cache, "--cache")
+    if by is not None:
+        compare_by(by, specs, out)
+        return
     spec = options.analysis_spec(
         model=DEFAULT_MODEL, prompts=prompts, column=None, response_column=None,
         readout=readout, sites=sites, top_k=top_k, generate=generate, temperature=temperature,
@@ -110,6 +120,36 @@ def compare(
     console.print(
         f"results in [bold]{result.path}[/] (comparison.csv, comparison.md, figures/) "
         f"in {time.perf_counter() - started:.1f} s"
+    )
+
+
+def compare_by(by: str, specs: list[str], out: Path | None) -> None:
+    """`compare RUN --by correct`: one graded run's correct against incorrect responses."""
+    if by != "correct":
+        raise LayerpolicyError(f"unknown --by {by!r}; choose correct")
+    if len(specs) != 1 or not Path(specs[0]).is_dir():
+        raise LayerpolicyError(
+            "--by correct splits the responses of one run; pass one run directory"
+        )
+    from layerpolicy.correctness import by_correct
+
+    found = by_correct(specs[0], out=options.out_dir(out, "compare", Path(specs[0]).name, by))
+    n = found.record["n_responses"]
+    table = Table(title=f"{found.record['model']} · H(resid) · nats · "
+                  f"{n['correct']} correct, {n['incorrect']} incorrect responses")  # fmt: skip
+    for column in ("layer", "correct [95% CI]", "incorrect [95% CI]", "difference [95% CI]"):
+        table.add_column(column, justify="right")
+    rows = found.by_correct
+    for row in rows[(rows["site"] == "resid") & (rows["metric"] == "entropy")].itertuples():
+        table.add_row(
+            str(row.layer),
+            interval(row.correct, row.correct_low, row.correct_high),
+            interval(row.incorrect, row.incorrect_low, row.incorrect_high),
+            interval(row.difference, row.difference_low, row.difference_high),
+        )
+    console.print(table)
+    console.print(
+        f"results in [bold]{found.path}[/] (by_correct.csv, by_correct_shape.csv, figures/)"
     )
 
 
