@@ -12,7 +12,7 @@ from layerpolicy.config import DEFAULT_MODEL
 from layerpolicy.errors import LayerpolicyError
 from layerpolicy.spec import RunSpec
 
-from . import compare, entropy, models, options, train, view
+from . import compare, entropy, lens, models, options, train, view
 from .console import err_console
 
 app = typer.Typer(
@@ -22,7 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for _command in (entropy, compare, train, models, view):
+for _command in (entropy, compare, train, models, lens, view):
     _command.register(app)
 
 

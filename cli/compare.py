@@ -44,6 +44,13 @@ def compare(
     ),
     prompts: str = options.Prompts,
     readout: options.ReadoutMode = options.Readout,
+    readouts: str = typer.Option(
+        None,
+        "--readouts",
+        help="Overlay several readouts of each model, e.g. raw,logit-lens,jacobian-lens "
+        "(one model is enough); replaces --readout.",
+    ),
+    lens: str = options.Lens,
     sites: options.SiteSet = options.Sites,
     top_k: int = options.TopK,
     generate: int = options.Generate,
@@ -91,7 +98,8 @@ def compare(
         return
     spec = options.analysis_spec(
         model=DEFAULT_MODEL, prompts=prompts, column=None, response_column=None,
-        readout=readout, sites=sites, top_k=top_k, generate=generate, temperature=temperature,
+        readout=readout, lens=lens, sites=sites, top_k=top_k, generate=generate,
+        temperature=temperature,
         sampler=sampler, samples=samples, responses=responses, thinking=thinking, limit=limit,
         batch_size=batch_size,
         max_tokens=max_tokens, chunk_tokens=chunk_tokens, device=device, dtype=dtype,
@@ -108,6 +116,7 @@ def compare(
         out=out_dir,
         x=x,
         allow_mixed_readouts=allow_mixed_readouts,
+        readouts=options.readout_list(readouts),
         force=force,
         cache=cache,
     )

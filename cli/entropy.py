@@ -26,6 +26,7 @@ def entropy(
     column: str = options.Column,
     response_column: str = options.ResponseColumn,
     readout: options.ReadoutMode = options.Readout,
+    lens: str = options.Lens,
     sites: options.SiteSet = options.Sites,
     top_k: int = options.TopK,
     generate: int = options.Generate,
@@ -54,7 +55,8 @@ def entropy(
     options.check_out(out)
     spec = options.analysis_spec(
         model=model, prompts=prompts, column=column, response_column=response_column,
-        readout=readout, sites=sites, top_k=top_k, generate=generate, temperature=temperature,
+        readout=readout, lens=lens, sites=sites, top_k=top_k, generate=generate,
+        temperature=temperature,
         sampler=sampler, samples=samples, responses=responses, thinking=thinking, limit=limit,
         batch_size=batch_size,
         max_tokens=max_tokens, chunk_tokens=chunk_tokens, device=device, dtype=dtype,
@@ -62,7 +64,10 @@ def entropy(
         no_chat_template=no_chat_template, offline=offline,
     )  # fmt: skip
     from layerpolicy.analysis import analyse
+    from layerpolicy.readout.jacobian import check_lens_choice
     from layerpolicy.report import run_figures
+
+    check_lens_choice(spec)
 
     if out is None:
         out = options.out_dir(None, "entropy", spec.model.resolve().name, readout)

@@ -16,6 +16,7 @@ from layerpolicy.config import (
     PromptConfig,
 )
 from layerpolicy.devices import DEVICE_MAPS, DTYPES
+from layerpolicy.errors import LayerpolicyError
 from layerpolicy.readout.sites import READOUT_MODES, SITE_SETS
 from layerpolicy.runs import RunDirectory
 from layerpolicy.spec import RunSpec
@@ -46,6 +47,12 @@ ResponseColumn = typer.Option(
 Limit = typer.Option(None, "--limit", "-n", help="Use only the first N prompts.", min=1)
 Readout = typer.Option(
     "raw", "--readout", help="Readout mode (raw = the paper's internal policies, no norm)."
+)
+Lens = typer.Option(
+    None,
+    "--lens",
+    help="Jacobian lens for --readout jacobian-lens: a lens file or directory, or a published "
+    "name (needs the hub); default: the newest one `layerpolicy lens fit` cached for the model.",
 )
 Sites = typer.Option(
     "paper", "--sites", help="Readout set (paper = resid, attn, mlp and the module inputs)."
@@ -134,6 +141,19 @@ def out_dir(out: Path | None, *parts: str) -> Path:
     return Path("runs") / safe
 
 
+def readout_list(readouts: str | None) -> list[str] | None:
+    """`--readouts raw,logit-lens,...` as a list, each checked (None when not given)."""
+    if readouts is None:
+        return None
+    names = [name.strip() for name in readouts.split(",") if name.strip()]
+    unknown = [name for name in names if name not in READOUT_MODES]
+    if unknown or not names:
+        raise LayerpolicyError(
+            f"unknown readout in --readouts {readouts!r}; choose from {', '.join(READOUT_MODES)}"
+        )
+    return names
+
+
 def analysis_spec(
     *,
     model: str,
@@ -143,6 +163,7 @@ def analysis_spec(
     readout: str,
     sites: str,
     top_k: int,
+    lens: str | None = None,
     generate: int,
     temperature: float,
     sampler: str,
@@ -193,5 +214,6 @@ def analysis_spec(
             chunk_tokens=chunk_tokens,
             top_k=top_k,
             seed=seed,
+            lens=lens,
         ),
     )

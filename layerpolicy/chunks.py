@@ -124,7 +124,7 @@ class ChunkScorer:
     ) -> dict[str, torch.Tensor]:
         """One readout's metrics: one matmul per vocabulary block (none for a linear resid)."""
         n = x.shape[0]
-        prepared = self.unembed.prepared(x, self.readout)
+        prepared = self.unembed.prepared(x, self.readout, site.layer)
         threshold = self.unembed.entries(prepared, targets.clamp(min=0))
         expected = (prepared * policy.mean_row).sum(dim=-1)
         if policy.mean_bias is not None:

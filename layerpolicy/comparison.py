@@ -29,6 +29,7 @@ from .config import AnalysisConfig, ModelConfig, PromptConfig
 from .errors import LayerpolicyError, RunDirectoryError
 from .parallel import current_shard
 from .prompts import PromptSet
+from .readout.jacobian import check_lens_choice
 from .runs import RunDirectory, atomic_path, read_json, write_csv
 from .spec import RunSpec
 from .tables.comparison import comparison_notes, comparison_table, run_readout
@@ -77,6 +78,7 @@ def compare(
     offline: bool | None = None,
     device: str = "auto",
     allow_mixed_readouts: bool = False,
+    readouts: Sequence[str] | None = None,
     progress: bool = True,
     force: bool = False,
     cache: str | Path = DEFAULT_CACHE,
@@ -88,7 +90,8 @@ def compare(
     `prompts` (and `limit`) and `config` into `cache`/<model>-<readout>-<prompt hash>-<settings
     hash> (`RunSpec.key`) and reused when that run is finished (`force` recomputes). A string
     spec is loaded on `device` with `offline`; a ModelConfig carries its own. Run
-    directories are loaded as they are. Readouts must match unless `allow_mixed_readouts`.
+    directories are loaded as they are. Readouts must match unless `allow_mixed_readouts`;
+    `readouts` analyses every model once per readout (raw, logit-lens, jacobian-lens), overlaid.
     `x` ("rel_depth" or "layer") is the figures' depth axis. With `out`, writes comparison.csv,
     comparison.md, figures/ and, for a before/after pair, difference.csv, holding `out`'s lock
     (a second comparison into the same `out` waits for the first).
@@ -96,10 +99,11 @@ def compare(
     if x not in X_AXES:
         raise LayerpolicyError(f"x must be one of {', '.join(X_AXES)}, got {x!r}")
     base = _base_spec(prompts, config, limit, device, offline)
+    variants = _readout_specs(base, readouts)
     config = base.analysis
     models = [_model_config(spec, base.model) for spec in specs]
     targets = [_run_dirs(m.spec) or m for m in models]
-    if sum(len(t) if isinstance(t, list) else 1 for t in targets) < 2:
+    if sum(len(t) if isinstance(t, list) else len(variants) for t in targets) < 2:
         raise LayerpolicyError(
             "compare needs at least two models or run directories (or one training run "
             "directory with before/ and after/ inside)"
@@ -108,7 +112,9 @@ def compare(
         RunDirectory(out).check_not_file()
     given = [load_run(p) for t in targets if isinstance(t, list) for p in t]
     has_models = any(isinstance(t, ModelConfig) for t in targets)
-    _check_readouts(given, config.readout if has_models else None, allow_mixed_readouts)
+    _check_readouts(given, config.readout if has_models else None, allow_mixed_readouts or readouts)
+    for model, variant in ((m, v) for m in targets if isinstance(m, ModelConfig) for v in variants):
+        check_lens_choice(variant.replace(model=model))
     prompt_config = base.prompts
     writer = out is not None and current_shard().is_main
     with RunDirectory(out).lock() if writer else contextlib.nullcontext():
@@ -121,8 +127,9 @@ def compare(
             if prompt_set is None:  # loaded once, and only when a model is scored
                 prompt_set = prompt_config.load()
                 prompt_config = dataclasses.replace(prompt_config, source=prompt_set, limit=None)
-            spec = base.replace(model=target, prompts=prompt_config)
-            entries.append(_analysed_entry(spec, prompt_set.sha256, Path(cache), progress, force))
+            for variant in variants:
+                spec = variant.replace(model=target, prompts=prompt_config)
+                entries.append(_analysed_entry(spec, prompt_set.sha256, cache, progress, force))
         return _finish(entries, x, Path(out) if writer else None)
 
 
@@ -170,6 +177,14 @@ def _base_spec(
         return prompts
     model = ModelConfig(device=device, offline=offline)
     return RunSpec(model, PromptConfig.of(prompts, limit), config or AnalysisConfig())
+
+
+def _readout_specs(base: RunSpec, readouts: Sequence[str] | None) -> list[RunSpec]:
+    """`base` once per readout (its lens kept for jacobian-lens only); [base] without any."""
+    return [
+        base.replace(readout=r, lens=base.analysis.lens if r == "jacobian-lens" else None)
+        for r in dict.fromkeys(readouts or ())
+    ] or [base]
 
 
 def _model_config(spec: str | Path | ModelConfig, base: ModelConfig) -> ModelConfig:
@@ -243,7 +258,7 @@ def _analysed_entry(
     name = cache_name(spec, source.name, source.location, prompts_sha256)
     # Resolve again exactly as here: offline unless the hub was chosen (so no fallback flips).
     pinned = spec.replace(offline=source.kind != "hub")
-    result = analyse(pinned, out=cache / name, force=force, progress=progress)
+    result = analyse(pinned, out=Path(cache) / name, force=force, progress=progress)
     return _Entry(result, given_run=False, note=source.note)
 
 

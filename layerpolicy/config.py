@@ -204,10 +204,12 @@ class PromptConfig:
 class AnalysisConfig:
     """Which readouts, and how they are summarised.
 
-    readout: raw | logit-lens. sites: a site set (resid | modules | paper). batch_size: prompts
-    per forward. chunk_tokens: tokens per unembedding chunk (None: automatic). top_k: the K most
-    likely tokens kept for resid and final rows (0: none). n_boot: bootstrap resamples of the 95%
-    CI. seed: sampling and bootstrap seed.
+    readout: raw | logit-lens | jacobian-lens. sites: a site set (resid | modules | paper).
+    batch_size: prompts per forward. chunk_tokens: tokens per unembedding chunk (None:
+    automatic). top_k: the K most likely tokens kept for resid and final rows (0: none). n_boot:
+    bootstrap resamples of the 95% CI. seed: sampling and bootstrap seed. lens: the Jacobian
+    lens of jacobian-lens (a file, a directory or a published name; None: the newest one that
+    `layerpolicy lens fit` cached for the model).
     """
 
     readout: str = field(default="raw", metadata=setting())
@@ -217,9 +219,12 @@ class AnalysisConfig:
     top_k: int = field(default=DEFAULT_TOP_K, metadata=setting())
     n_boot: int = field(default=1000, metadata=setting(flag=None))
     seed: int = field(default=0, metadata=setting())
+    lens: str | None = field(default=None, metadata=setting())
 
     def __post_init__(self) -> None:
         check_choice("readout", self.readout, READOUT_MODES)
+        if self.lens is not None and self.readout != "jacobian-lens":
+            raise LayerpolicyError("--lens is the lens of --readout jacobian-lens; add that")
         check_choice("site set", self.sites, SITE_SETS)
         check_at_least("batch_size", self.batch_size, 1)
         check_at_least("chunk_tokens", self.chunk_tokens, 1, optional=True)
@@ -234,4 +239,5 @@ class AnalysisConfig:
             sites=self.sites,
             chunk_tokens=self.chunk_tokens,
             top_k=self.top_k,
+            lens=self.lens,
         )

@@ -51,7 +51,9 @@ class EngineConfig:
     window that keeps the captured vectors within CAPTURE_BUDGET_BYTES; block_vocab=None: a
     cache-sized vocabulary block on CPU, the whole vocabulary elsewhere. None of them changes
     results beyond float rounding. use_linearity only applies to raw float32 readouts. top_k > 0
-    adds the top_k most probable token ids and their log-probs to the rows of `top_k_sites`."""
+    adds the top_k most probable token ids and their log-probs to the rows of `top_k_sites`.
+    lens: the Jacobian lens of readout "jacobian-lens" (a file, a directory, a published name;
+    None: the newest one fitted for the model, see `readout.jacobian`)."""
 
     readout: str = "raw"
     sites: str | tuple[str, ...] = "paper"
@@ -61,6 +63,7 @@ class EngineConfig:
     block_vocab: int | None = None
     top_k: int = 0
     top_k_sites: tuple[str, ...] = ("resid", "final")
+    lens: str | None = None
 
     def __post_init__(self) -> None:
         if self.readout not in READOUT_MODES:
@@ -148,11 +151,23 @@ class Engine:
         self.config = config
         self.order = readout_order(model.n_layers, config.sites)
         self.sites = captured_sites(self.order, model.n_layers)
-        self.unembed = Unembedding(model.hf_model)
+        lens, lens_record = self._lens()
+        self.unembed = Unembedding(model.hf_model, lens)
         self.dtype = next(model.hf_model.parameters()).dtype
         reason = self._shortcut_unavailable()
         self.linear: bool | None = False if reason else None  # None: check on the first batch
         self.record: dict[str, Any] = {"linearity_shortcut": reason or "unchecked"}
+        if lens_record is not None:
+            self.record["lens"] = lens_record
+
+    def _lens(self) -> tuple[Any, dict[str, Any] | None]:
+        """The J_l transport of readout "jacobian-lens" and what run.json records of its lens."""
+        if self.config.readout != "jacobian-lens":
+            return None, None
+        from .readout.jacobian import LensTransport, load_lens
+
+        lens, record = load_lens(self.model, self.config.lens)
+        return LensTransport(lens.jacobians, self.model.unembed_device), record
 
     def _shortcut_unavailable(self) -> str | None:
         config, names = self.config, {site.name for site in self.order}

@@ -16,7 +16,7 @@ from layerpolicy.spec import FORMAT_VERSION, PRESETS, RunSpec
 
 ENTROPY_KEYS = [
     "format_version", "model", "dtype", "prompts_sha256", "readout", "sites", "top_k", "n_boot",
-    "seed", "chat_template", "thinking", "max_tokens", "generate", "temperature", "sampler",
+    "seed", "lens", "chat_template", "thinking", "max_tokens", "generate", "temperature", "sampler",
     "samples", "responses",
 ]  # fmt: skip
 

@@ -53,6 +53,7 @@ METRIC_LABELS: dict[str, str] = {
 READOUT_LABELS: dict[str, str] = {
     "raw": "raw readout softmax(x W_U)",
     "logit-lens": "logit lens softmax(LN_final(x) W_U)",
+    "jacobian-lens": "Jacobian lens softmax(LN_final(J_l x) W_U)",
 }
 X_LABELS: dict[str, str] = {
     "layer": "layer l",

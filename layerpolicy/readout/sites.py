@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from ..errors import LayerpolicyError
 
-READOUT_MODES = ("raw", "logit-lens")  # how a vector becomes logits: see unembed.py
+READOUT_MODES = ("raw", "logit-lens", "jacobian-lens")  # vector -> logits: see unembed.py
 SITE_NAMES = ("embed", "attn_in", "attn", "mlp_in", "mlp", "resid", "final")
 SITE_SETS = {
     "resid": ("embed", "resid", "final"),

@@ -1,7 +1,8 @@
 """The only logits path: raw readout, logit lens, final norm, soft-cap and bias, in float32.
 
 Every readout the toolkit reports or trains on goes through `Unembedding` (docs/method.md):
-raw = x W_U^T (+ b_U), logit lens = LN_final(x) W_U^T (+ b_U), and the model's own policy
+raw = x W_U^T (+ b_U), logit lens = LN_final(x) W_U^T (+ b_U), Jacobian lens =
+LN_final(J_l x) W_U^T (+ b_U) (J_l: `jacobian.LensTransport`), and the model's own policy
 pi_theta = cap(LN_final(H^L) W_U^T (+ b_U)). The final norm is the module that feeds `lm_head`,
 found from the decoder's structure, so a new architecture needs no list of attribute names.
 """
@@ -30,7 +31,13 @@ class Unembedding:
     model's own parameters, so a training loss reaches them and old and new log-probs agree.
     """
 
-    def __init__(self, hf_model: torch.nn.Module):
+    def __init__(
+        self,
+        hf_model: torch.nn.Module,
+        lens: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    ):
+        """lens: J_l x for a vector x [n, d_model] of layer l (float32), for "jacobian-lens"."""
+        self.lens = lens
         head = _unwrap(hf_model.get_output_embeddings())
         self.weight = head.weight
         bias = getattr(head, "bias", None)
@@ -105,16 +112,22 @@ class Unembedding:
             return torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
-    def readout(self, x: torch.Tensor, mode: str) -> torch.Tensor:
-        """Logits of readout `mode` ("raw" or "logit-lens") of x [n, d_model]."""
-        return self.raw(self.prepared(x, mode))
+    def readout(self, x: torch.Tensor, mode: str, layer: int | None = None) -> torch.Tensor:
+        """Logits of readout `mode` (READOUT_MODES) of x [n, d_model] of `layer` (1-based; the
+        Jacobian lens needs it)."""
+        return self.raw(self.prepared(x, mode, layer))
 
-    def prepared(self, x: torch.Tensor, mode: str) -> torch.Tensor:
-        """The float32 vector that W_U multiplies for readout `mode`: x, or LN_final(x)."""
+    def prepared(self, x: torch.Tensor, mode: str, layer: int | None = None) -> torch.Tensor:
+        """The float32 vector that W_U multiplies for readout `mode`: x, LN_final(x), or
+        LN_final(J_l x) for a vector of `layer`."""
         if mode == "raw":
             return x.to(self.device, torch.float32)
         if mode == "logit-lens":
             return self.normed(x)
+        if mode == "jacobian-lens":
+            if self.lens is None or layer is None:
+                raise LayerpolicyError("the Jacobian lens readout needs a lens and the layer")
+            return self.normed(self.lens(x.to(self.device), layer))
         raise LayerpolicyError(
             f"unknown readout {mode!r}; choose one of {', '.join(READOUT_MODES)}"
         )

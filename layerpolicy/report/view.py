@@ -40,7 +40,7 @@ HEATMAP_METRICS = {
 NO_TOP_K = "no top-k tokens in this run; rerun `layerpolicy entropy` with --top-k 5 to see them"
 NO_MODULES = "no entropy change of attention or MLP in this run; score it with --sites paper"
 _NO_TOP_K_NOTE = f'<p class="note" id="lp-no-top">{html.escape(NO_TOP_K)}</p>'
-_DASHES = {"raw": "solid", "logit-lens": "dash"}
+_DASHES = {"raw": "solid", "logit-lens": "dash", "jacobian-lens": "dot"}
 _CONFIG = {"displaylogo": False, "responsive": True}
 _TEMPLATE = Template((resources.files(__package__) / "view.html").read_text(encoding="utf-8"))
 
