@@ -3,7 +3,10 @@ JacobianLens readout, a resumable fit, and one-line refusals of lenses that do n
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from layerpolicy.cli.app import main
@@ -152,3 +155,29 @@ def test_bad_lens_choices_name_the_fit_command_before_loading(
     assert f"was fitted for {fitted[0].info.name}" in err and fix in err
     err = one_line_error(capsys, [*base, "raw", "--lens", str(fitted[1])])
     assert "--readout jacobian-lens" in err
+
+
+def test_lens_fit_then_compare_overlays_three_readouts_of_one_model(
+    tiny_dirs, cache_dir, tmp_path, capsys, one_thread
+):
+    model = str(tiny_dirs["qwen3"])
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(TEXTS) + "\n")
+    fit = ["lens", "fit", "--model", model, "--prompts", str(prompts), "--limit", "3",
+           "--max-seq-len", "40", "--skip-first-positions", "2", "--device", "cpu"]  # fmt: skip
+    assert main(fit) == 0
+    assert "lens for" in capsys.readouterr().out
+    readouts = ["raw", "logit-lens", "jacobian-lens"]
+    argv = ["compare", model, "--readouts", ",".join(readouts), "--prompts", str(prompts),
+            "--limit", "2", "--sites", "resid", "--cache", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "cmp"), "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    table = pd.read_csv(tmp_path / "cmp" / "comparison.csv")
+    assert sorted(table.readout) == sorted(readouts)
+    assert table.policy_entropy.nunique() == 1  # one model: the same pi_theta under every readout
+    runs = sorted((tmp_path / "cache").iterdir())
+    lensed = json.loads(next(r for r in runs if "jacobian-lens" in r.name).joinpath("run.json")
+                        .read_text())  # fmt: skip
+    assert lensed["settings"]["lens"] is None
+    assert lensed["readout_checks"]["lens"]["n_prompts"] == len(TEXTS)
+    assert (tmp_path / "cmp" / "figures").is_dir()
