@@ -85,7 +85,7 @@ def test_sampled_stages_split_the_prompts_across_processes_into_one_table(tiny_d
         )  # fmt: skip
         return [*objects, rank_one]
 
-    monkeypatch.setattr(sampled_module, "PartialState", lambda: state)
+    monkeypatch.setattr(sampled_module, "PartialState", lambda **_: state)
     monkeypatch.setattr(sampled_module, "gather_object", gather)
     merged = sampled_module.sample_rewards(model, prompts, config, parity_reward, **options)
     ids = [item.id for item in prompts.items]
@@ -108,3 +108,42 @@ def test_grpo_values_of_the_wrong_type_are_one_line_naming_field_and_type(
             "--grpo", "num_iterations=many", "--out", str(tmp_path / "run")]  # fmt: skip
     one_line_error(capsys, argv, "--grpo num_iterations='many': num_iterations takes int")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_finished_run_resumes_stage_by_stage_without_training_again(
+    tiny_dirs, tmp_path, monkeypatch
+):
+    """Resuming a complete run reads every finished stage's files and does not train again; a
+    changed --eval-samples samples the evaluations again; more steps train on and analyse the
+    new final model afresh."""
+    from layerpolicy.bupo import run as run_module
+
+    config = TrainConfig(
+        **FAST, steps=1, inter_steps=1, layer=K, analyse=True, analysis_prompts=2,
+        eval_samples=1, save_every=1, lr=1e-2,
+    )  # fmt: skip
+    common = dict(out=tmp_path / "run", limit=2, reward_fn=parity_reward, device="cpu")
+    first = train(str(tiny_dirs["qwen2"]), None, config=config, progress=False, **common)
+    assert first.record["stages"] == ["trained"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished training stage ran again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(run_module, "train_stage", no_training)
+        again = train(
+            str(tiny_dirs["qwen2"]), None, config=dataclasses.replace(config, eval_samples=2),
+            resume=True, progress=False, **common,
+        )  # fmt: skip
+    pd.testing.assert_frame_equal(again.log, first.log)
+    pd.testing.assert_frame_equal(again.after.summary, first.after.summary)
+    rows = pd.read_csv(tmp_path / "run" / "reward_after.csv", dtype={"prompt_id": str})
+    assert list(rows["sample"]) == [0, 1, 0, 1]  # sampled again with 2 samples per prompt
+    assert again.record["reward"]["samples"] == 2 and again.record["status"] == "complete"
+    longer = train(
+        str(tiny_dirs["qwen2"]), None, config=dataclasses.replace(config, steps=2),
+        resume=True, progress=False, **common,
+    )  # fmt: skip
+    assert list(longer.log.step) == [1, 2] and longer.record["stages"] == ["trained"]
+    assert not longer.after.summary.equals(first.after.summary)  # the new final model's

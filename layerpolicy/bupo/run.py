@@ -149,11 +149,14 @@ def _stages(job: _Job, on_step: Any) -> TrainResult:
     layer = _layer(previous, config, before, job.n_layers)
     setup = prepare(model, config, progress=job.progress)
     header = job.spec.header(job.prompt_set.sha256)
-    record = previous or base_record(header, setup, job.prompt_set, layer, config, reward_fn)
+    if previous is None:
+        record = base_record(header, setup, job.prompt_set, layer, config, reward_fn)
+    else:  # the settings and command line of this resumption
+        record = {**previous, "settings": header["settings"], "argv": header["argv"]}
     if before.screened.rows is not None:
         record["screen"] = screen_record(before.screened, config)
     done = _finished_training(previous, config)
-    record = _write(run, {**record, "settings": job.settings, "status": "running", "stages": done})
+    record = _write(run, {**record, "status": "running", "stages": done})
     if done:
         trained = read_trained(run.path, record.get("engine"))
     else:

@@ -23,7 +23,7 @@ from ..models import LoadedModel
 from ..prompts import PromptSet, prompts_sha256
 from ..runs import write_csv
 from .config import TrainConfig
-from .evaluate import ROW_COLUMNS, read_rows, solve_rates, sometimes_solved
+from .evaluate import read_rows, solve_rates, sometimes_solved
 from .reward import RewardFn
 
 SCREEN_FILE = "screen.csv"
@@ -100,7 +100,7 @@ def sample_rewards(
 ) -> pd.DataFrame:
     """The rows table of `samples` responses per prompt at the training's budget, temperature
     and thinking mode: this process samples its share, every process returns the whole."""
-    state = PartialState()
+    state = PartialState(cpu=model.device.type == "cpu")  # as the trainer's, with use_cpu
     with state.split_between_processes(list(prompt_set.items)) as share:
         rows = solve_rates(
             model,
@@ -115,8 +115,7 @@ def sample_rewards(
             progress=progress and state.is_main_process,
         )
     shares = gather_object([rows]) if state.num_processes > 1 else [rows]
-    merged = pd.concat(shares, ignore_index=True)
-    return merged if len(merged) else pd.DataFrame(columns=list(ROW_COLUMNS))
+    return pd.concat(shares, ignore_index=True)
 
 
 def reusable(path: Path, prompts: PromptSet, samples: int) -> pd.DataFrame | None:
