@@ -40,7 +40,7 @@ COMMANDS = {
 @pytest.mark.parametrize(
     ("option", "value", "names"),
     [
-        ("--readout", "bogus", ("raw", "logit-lens")),
+        ("--readout", "bogus", ("raw", "logit-lens", "jacobian-lens")),
         ("--sites", "foo", ("resid", "modules", "paper")),
         ("--dtype", "float8", ("float32", "bfloat16", "float16")),
         ("--device-map", "everywhere", ("auto", "balanced", "sequential")),
