@@ -4,6 +4,7 @@ another readout or model, samples averaged per prompt, and profiles by correctne
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -11,13 +12,14 @@ import pandas as pd
 import pytest
 from layerpolicy.cli.app import main
 
-from layerpolicy.analysis import analyse
+from layerpolicy.analysis import analyse, load_run
 from layerpolicy.bupo.reward import grade, verifier_record
 from layerpolicy.config import AnalysisConfig, ModelConfig, PromptConfig
 from layerpolicy.correctness import by_correct
 from layerpolicy.errors import LayerpolicyError
 from layerpolicy.models import load_tokenizer
 from layerpolicy.models.tiny import build_tiny_tokenizer
+from layerpolicy.report.view import build_report
 from layerpolicy.responses import read_responses, tokenizer_fingerprint, write_responses
 from layerpolicy.sampling import prompt_seed
 from layerpolicy.spec import RunSpec
@@ -203,3 +205,20 @@ def test_two_sample_ci_matches_a_loop_over_resamples():
         for b in range(200):
             boot.append(np.nanmean(first[row, draws[0][b]]) - np.nanmean(second[row, draws[1][b]]))
         np.testing.assert_allclose([low[row], high[row]], np.percentile(boot, [2.5, 97.5]))
+
+
+def test_view_shows_each_response_with_its_grade_beside_its_heatmap(sampled):
+    result = load_run(sampled[0].path)
+    page = build_report(result).html
+    found = re.search(r'<script type="application/json" id="lp-data">(.*?)</script>', page, re.S)
+    entries = json.loads(found.group(1))["prompts"]
+    rows = list(result.responses.itertuples(index=False))
+    assert len(entries) == len(rows) == 2 * len(PROBLEMS)
+    for entry, row in zip(entries, rows, strict=True):
+        assert entry["id"] == f"{row.prompt_id} · sample {row.sample}"
+        assert entry["targets"] == [int(i) for i in row.response_ids]
+        assert entry["response"] == row.response_text
+        assert entry["grade"] == ("correct" if row.correct else "incorrect")
+        ended = "end of sequence" if row.finish_reason == "eos" else "token budget"
+        assert entry["finish"] == ended
+    assert 'id="lp-response"' in page and "lp-text" in page

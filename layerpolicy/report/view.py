@@ -26,6 +26,7 @@ from ..errors import LayerpolicyError
 from ..plots import READOUT_LABELS, SITE_COLORS
 from ..runs import atomic_path
 from ..tables.results import RunTables
+from .responses_view import describe_response, heatmap_units
 
 MAX_PROMPTS = 20
 TOP_SHOWN = 5
@@ -73,7 +74,8 @@ def build_report(result: RunTables, *, max_prompts: int = MAX_PROMPTS) -> Report
     if max_prompts < 1:
         raise LayerpolicyError(f"--max-prompts must be at least 1, got {max_prompts}")
     tokens, summary = result.tokens, result.summary
-    payload = _heatmap_payload(tokens, result.record, max_prompts)
+    responses = getattr(result, "responses", None)
+    payload = _heatmap_payload(tokens, result.record, max_prompts, responses)
     page = _TEMPLATE.substitute(
         title=html.escape(f"layerpolicy · {result.record['model']['name']}"),
         plotly=get_plotlyjs(),
@@ -190,9 +192,10 @@ def _change_figure(summary: pd.DataFrame) -> go.Figure:
 
 
 def _heatmap_payload(
-    tokens: pd.DataFrame, record: dict[str, Any], max_prompts: int
+    tokens: pd.DataFrame, record: dict[str, Any], max_prompts: int, responses: Any = None
 ) -> dict[str, Any]:
-    """Per prompt: the (layer rows x positions) grids the page draws, plus the shown vocabulary.
+    """Per prompt (or response): the (layer rows x positions) grids the page draws, the response
+    text and grade where the run saved them, plus the shown vocabulary.
 
     Rows are embed (0), resid 1..L and the final policy (L + 1); NaN cells become null. Top-k
     grids are (rows x positions x k): ids (-1 where a row holds none) and probabilities.
@@ -202,10 +205,8 @@ def _heatmap_payload(
     has_top = "top_ids" in stream.columns and any(
         ids is not None and len(ids) for ids in stream["top_ids"]
     )
-    prompt_ids = list(dict.fromkeys(stream["prompt_id"]))[:max_prompts]
-    prompts = [
-        _prompt_grid(stream[stream.prompt_id == pid], n_layers, has_top) for pid in prompt_ids
-    ]
+    units = heatmap_units(stream, max_prompts)
+    prompts = [describe_response(_prompt_grid(u, n_layers, has_top), u, responses) for u in units]
     ids: set[int] = set()
     for prompt in prompts:
         ids.update(prompt.pop("_ids"))
