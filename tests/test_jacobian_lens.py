@@ -167,6 +167,14 @@ def test_lens_fit_then_compare_overlays_three_readouts_of_one_model(
            "--max-seq-len", "40", "--skip-first-positions", "2", "--device", "cpu"]  # fmt: skip
     assert main(fit) == 0
     assert "lens for" in capsys.readouterr().out
+    run = tmp_path / "run"
+    entropy = ["entropy", "--model", model, "--readout", "jacobian-lens", "--prompts",
+               str(prompts), "--limit", "2", "--sites", "modules", "--out", str(run)]  # fmt: skip
+    assert main(entropy) == 0, capsys.readouterr().err
+    record = json.loads((run / "run.json").read_text())
+    assert record["settings"]["readout"] == "jacobian-lens"
+    assert record["readout_checks"]["lens"]["sha256"] is not None
+    assert any(path.suffix == ".svg" for path in (run / "figures").iterdir())
     readouts = ["raw", "logit-lens", "jacobian-lens"]
     argv = ["compare", model, "--readouts", ",".join(readouts), "--prompts", str(prompts),
             "--limit", "2", "--sites", "resid", "--cache", str(tmp_path / "cache"),
