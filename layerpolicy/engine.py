@@ -164,10 +164,9 @@ class Engine:
         """The J_l transport of readout "jacobian-lens" and what run.json records of its lens."""
         if self.config.readout != "jacobian-lens":
             return None, None
-        from .readout.jacobian import LensTransport, load_lens
+        from .readout.jacobian import lens_transport
 
-        lens, record = load_lens(self.model, self.config.lens)
-        return LensTransport(lens.jacobians, self.model.unembed_device), record
+        return lens_transport(self.model, self.config.lens)
 
     def _shortcut_unavailable(self) -> str | None:
         config, names = self.config, {site.name for site in self.order}

@@ -20,6 +20,7 @@ from layerpolicy.readout.capture import capture, make_batch
 from layerpolicy.readout.jacobian import META_KEY, load_lens
 from layerpolicy.readout.jacobian_fit import FitSettings, fit_lens
 from layerpolicy.readout.sites import Site
+from layerpolicy.readout.top_tokens import top_tokens
 
 TEXTS = (
     "What is 12 + 7? Let's think step by step. 12 + 7 = 19. The answer is 19.",
@@ -76,6 +77,10 @@ def test_entropies_equal_transformer_lens_readout_through_the_fitted_lens(fitted
         expected = entropy(theirs.lens_logits[block])
         np.testing.assert_allclose(ours["entropy"], expected, atol=1e-5, rtol=0)
         assert np.ptp(ours["entropy"]) > 1e-3  # the entropies vary: the check can fail
+    top = top_tokens(model, encoded, 5, [Site("resid", 2)], readout="jacobian-lens", lens=str(path))
+    probs, ids = torch.softmax(theirs.lens_logits[1][5].double(), dim=-1).topk(5)
+    assert top.token_id.tolist() == ids.tolist()
+    np.testing.assert_allclose(top.prob, probs.numpy(), atol=1e-6)
     # module writes of layer l are read through J_l, with the same final norm and W_U
     batch = make_batch([encoded], 0, torch.device("cpu"))
     site = Site("mlp", 2)

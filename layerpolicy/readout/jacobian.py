@@ -199,3 +199,10 @@ def check_lens_choice(spec: Any) -> None:
     problem = lens_choice_error(spec.model.resolve().name, spec.model.spec, spec.analysis.lens)
     if problem:
         raise LayerpolicyError(problem)
+
+
+def lens_transport(model: Any, lens: str | None) -> tuple[LensTransport, dict[str, Any]]:
+    """The J_l transport of `model` (a LoadedModel) through the lens `lens` names (see
+    `load_lens`), on the unembedding's device, and what run.json records of the lens."""
+    loaded, record = load_lens(model, lens)
+    return LensTransport(loaded.jacobians, model.unembed_device), record

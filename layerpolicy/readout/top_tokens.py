@@ -10,6 +10,7 @@ import torch
 from ..models import LoadedModel
 from ..prompts import EncodedPrompt
 from .capture import capture, make_batch
+from .jacobian import lens_transport
 from .sites import Site
 from .unembed import Unembedding
 
@@ -22,11 +23,13 @@ def top_tokens(
     *,
     k: int = 5,
     readout: str = "raw",
+    lens: str | None = None,
 ) -> pd.DataFrame:
     """The k most probable tokens of each site's policy at `position` (which predicts position+1).
 
     Returns one row per (site, rank): site, layer, rank (1 = most probable), token_id, token,
-    prob. `Site("final", L)` gives the model's own policy pi_theta.
+    prob. `Site("final", L)` gives the model's own policy pi_theta. `lens`: the Jacobian lens of
+    readout "jacobian-lens" (None: the newest one fitted for the model).
     """
     if not 0 <= position < len(encoded.input_ids):
         raise ValueError(
@@ -43,14 +46,15 @@ def top_tokens(
     last = Site("resid", model.n_layers)
     wanted = {site if site.name != "final" else last for site in sites}
     vectors = capture(model, batch, sorted(wanted, key=lambda s: (s.layer, s.name)))
-    unembed = Unembedding(model.hf_model)
+    jacobian = lens_transport(model, lens)[0] if readout == "jacobian-lens" else None
+    unembed = Unembedding(model.hf_model, jacobian)
     rows = []
     with torch.inference_mode():
         for site in sites:
             if site.name == "final":
                 logits = unembed.final(vectors[last])
             else:
-                logits = unembed.readout(vectors[site], readout)
+                logits = unembed.readout(vectors[site], readout, site.layer)
             probs, ids = torch.softmax(logits[0].float(), dim=-1).topk(k)
             for rank, (p, token_id) in enumerate(zip(probs.tolist(), ids.tolist(), strict=True)):
                 rows.append(
