@@ -6,10 +6,11 @@ model or readout. Responses to prompts with an answer are graded by the verifier
 (`layerpolicy.bupo.reward.grade`); ungraded rows hold NA in `correct`.
 
 Columns (`RESPONSE_COLUMNS`): prompt_id, sample (0-based index of the prompt's response), seed,
-prompt_ids and response_ids (int32 lists, the ids as sampled), response_text (decoded, special
-tokens kept), n_tokens (response length, stop token included), finish_reason (`eos`: stopped on
-an end-of-sequence token; `length`: ran out of budget), answer (None without one), correct
-(boolean, NA when ungraded) and tokenizer (`tokenizer_fingerprint` of the tokenizer of the ids).
+prompt_ids and response_ids (int32 lists, the ids as sampled), response_text (decoded without
+special tokens, as training hands completions to the reward, and graded so), n_tokens
+(response length, stop token included), finish_reason (`eos`: stopped on an end-of-sequence
+token; `length`: ran out of budget), answer (None without one), correct (boolean, NA when
+ungraded) and tokenizer (`tokenizer_fingerprint` of the tokenizer of the ids).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def responses_table(
     """The responses.parquet rows of `samples` (`sampling.Sample`s): `answers` by prompt id
     (None: ungraded), `stops` the end-of-sequence ids (finish_reason `eos`, else `length`)."""
     stop_ids = set(int(s) for s in stops)
-    texts = [tokenizer.decode(list(s.response_ids)) for s in samples]
+    texts = [tokenizer.decode(list(s.response_ids), skip_special_tokens=True) for s in samples]
     answer = [answers.get(s.prompt_id) for s in samples]
     frame = pd.DataFrame(
         {

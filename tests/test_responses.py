@@ -13,6 +13,7 @@ import pytest
 from layerpolicy.cli.app import main
 
 from layerpolicy.analysis import analyse, load_run
+from layerpolicy.bupo.evaluate import solve_rates
 from layerpolicy.bupo.reward import grade, verifier_record
 from layerpolicy.config import AnalysisConfig, ModelConfig, PromptConfig
 from layerpolicy.correctness import by_correct
@@ -60,7 +61,7 @@ def test_a_sampling_run_keeps_its_responses_as_data(sampled, one_thread):
         ids = [int(i) for i in row.response_ids]
         assert row.seed == prompt_seed(0, row.prompt_id, row.sample)
         assert row.n_tokens == len(ids) <= 6
-        assert row.response_text == tokenizer.decode(ids)
+        assert row.response_text == tokenizer.decode(ids, skip_special_tokens=True)
         assert row.finish_reason == ("eos" if ids[-1] == stop else "length")
         assert row.correct == grade(row.response_text, row.answer)
         assert row.tokenizer == tokenizer_fingerprint(tokenizer)
@@ -222,3 +223,21 @@ def test_view_shows_each_response_with_its_grade_beside_its_heatmap(sampled):
         ended = "end of sequence" if row.finish_reason == "eos" else "token budget"
         assert entry["finish"] == ended
     assert 'id="lp-response"' in page and "lp-text" in page
+
+
+def test_reward_sampling_keeps_responses_of_the_same_layout(tiny_models, tmp_path, one_thread):
+    """The screen's and evaluations' sampler hands its responses out as responses.parquet rows,
+    graded as its rewards are."""
+    prompts = tmp_path / "problems.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": q, "answer": a}) + "\n" for q, a in PROBLEMS))
+    kept: list[pd.DataFrame] = []
+    options = {"samples": 2, "max_new_tokens": 5, "batch_size": 4, "progress": False}
+    rows = solve_rates(tiny_models["qwen2"], PromptConfig(str(prompts)).load(), **options,
+                       responses=kept)  # fmt: skip
+    frame = pd.concat(kept, ignore_index=True)
+    assert list(frame.columns) == RESPONSE_COLUMNS
+    pairs = [list(zip(t["prompt_id"], t["sample"], strict=True)) for t in (frame, rows)]
+    assert pairs[0] == pairs[1]
+    assert frame["n_tokens"].tolist() == rows["response_tokens"].tolist()
+    assert (frame["finish_reason"] == "eos").tolist() == rows["stopped"].tolist()
+    assert frame["correct"].astype(bool).tolist() == (rows["reward"] == 1.0).tolist()

@@ -20,6 +20,7 @@ from rich.progress import Progress
 from ..errors import LayerpolicyError
 from ..models import LoadedModel
 from ..prompts import PromptItem, PromptSet
+from ..responses import responses_table
 from ..sampling import SamplingConfig, sample_items, stop_token_ids
 from ..tables.stats import bootstrap_ci
 from .data import require_answers
@@ -41,8 +42,10 @@ def solve_rates(
     reward_fn: RewardFn = math_reward,
     sampler: str = "hf",
     progress: bool = True,
+    responses: list[pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
     """`samples` responses per prompt from pi_theta at `temperature`, rewarded: the rows table.
+    With `responses`, each chunk's responses.parquet rows (`layerpolicy.responses`) are appended.
 
     Sampling is the project's sampler (`sampler` hf or vllm; pure softmax(z / T), seeded per
     response from `seed`, the prompt id and the sample index); responses are decoded without
@@ -64,7 +67,10 @@ def solve_rates(
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"sampling {model.info.name}", total=len(prompt_set.items) * samples)
         for chunk in _chunks(prompt_set.items, max(1, batch_size // samples)):
-            for s in sample_items(model, chunk, config, thinking=thinking):
+            drawn = sample_items(model, chunk, config, thinking=thinking)
+            if responses is not None:
+                responses.append(responses_table(drawn, model.tokenizer, truths, stops))
+            for s in drawn:
                 text = model.tokenizer.decode(s.response_ids, skip_special_tokens=True)
                 reward = float(reward_fn(text, truths[s.prompt_id]))
                 ended = bool(s.response_ids) and s.response_ids[-1] in stops
