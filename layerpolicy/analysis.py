@@ -21,7 +21,8 @@ from .parallel import Shard, current_shard, parallel_record, run_sharded
 from .prompt_scoring import check_saved_tokenizer, responses_record, sampling_config, score_prompts
 from .prompts import PromptSet, thinking_mode
 from .report.view import MAX_PROMPTS, Report, build_report
-from .responses import RESPONSES_NAME, merge_parts, write_part
+from .responses import RESPONSES_NAME, write_part
+from .responses import finish as finish_responses
 from .runs import RunDirectory, write_csv, write_parquet
 from .spec import RunSpec, check_format
 from .tables import shape, stats
@@ -256,9 +257,8 @@ def _summarise(
 
 
 def _write_results(run: RunDirectory, result: AnalysisResult) -> None:
-    result.responses = merge_parts(run.path, result.tokens["prompt_id"].unique())
-    if result.responses is not None:
-        write_parquet(result.responses, run.path / RESPONSES_NAME)
+    has_responses = result.record.get("responses") is not None
+    result.responses = finish_responses(run.path, result.tokens, has_responses)
     write_parquet(result.tokens, run.tokens_path)
     write_parquet(result.prompt_means, run.prompt_means_path)
     write_csv(result.summary, run.summary_path)

@@ -188,18 +188,26 @@ def write_part(run_path: Path, frame: pd.DataFrame, prefix: str = "") -> Path:
     return path
 
 
-def merge_parts(run_path: Path, order: Sequence[str]) -> pd.DataFrame | None:
-    """Every part's responses, one row per (prompt, sample) in prompt order (None without any
-    parts: a run that sampled nothing)."""
-    paths = sorted((run_path / "parts").glob(_PART_GLOB))
-    if not paths:
+def finish(run_path: Path, tokens: pd.DataFrame, has_responses: bool) -> pd.DataFrame | None:
+    """Merge a finished run's responses parts into responses.parquet (one row per (prompt,
+    sample) of `tokens`, in their order) and return it; a run without responses (or a part
+    left by an earlier run under --force) leaves no responses.parquet behind."""
+    target = run_path / RESPONSES_NAME
+    paths = sorted((run_path / "parts").glob(_PART_GLOB), key=lambda p: p.stat().st_mtime_ns)
+    if not has_responses or not paths:
+        target.unlink(missing_ok=True)
         return None
     frame = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
-    frame = frame.drop_duplicates(["prompt_id", "sample"])  # a batch redone after a crash
-    rank = {prompt_id: i for i, prompt_id in enumerate(order)}
-    frame = frame[frame["prompt_id"].isin(rank)]
-    position = frame["prompt_id"].map(rank) * 1_000_000 + frame["sample"]
-    return frame.iloc[np.argsort(position.to_numpy(), kind="stable")].reset_index(drop=True)
+    frame = frame.drop_duplicates(["prompt_id", "sample"], keep="last")  # the newest part wins
+    scored = tokens[["prompt_id", "sample"]].drop_duplicates()
+    frame = scored.merge(frame, on=["prompt_id", "sample"], how="left", validate="1:1")
+    if frame["tokenizer"].isna().any():
+        raise LayerpolicyError(
+            f"{run_path} lacks the responses of some scored prompts; rerun with --force"
+        )
+    frame = frame[RESPONSE_COLUMNS]
+    write_parquet(frame, target)
+    return frame
 
 
 def graded(frame: pd.DataFrame | None) -> bool:

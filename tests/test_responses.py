@@ -241,3 +241,16 @@ def test_reward_sampling_keeps_responses_of_the_same_layout(tiny_models, tmp_pat
     assert frame["n_tokens"].tolist() == rows["response_tokens"].tolist()
     assert (frame["finish_reason"] == "eos").tolist() == rows["stopped"].tolist()
     assert frame["correct"].astype(bool).tolist() == (rows["reward"] == 1.0).tolist()
+
+
+def test_a_forced_rerun_leaves_no_stale_responses(sampled, tmp_path, one_thread):
+    run = tmp_path / "run"
+    shutil.copytree(sampled[0].path, run)
+    again = analyse(sampled[1].replace(seed=1), out=run, force=True, progress=False)
+    keys = zip(again.responses["prompt_id"], again.responses["sample"], strict=True)
+    expected = [prompt_seed(1, p, s) for p, s in keys]
+    assert again.responses["seed"].tolist() == expected
+    assert read_responses(run).equals(again.responses)
+    plain = analyse(sampled[1].replace(generate=None, samples=1), out=run, force=True)
+    assert plain.responses is None and not (run / "responses.parquet").exists()
+    assert load_run(run).responses is None
