@@ -32,20 +32,48 @@ def _prompt_text(item) -> str:
     return item.text if item.text is not None else "\n\n".join(m["content"] for m in item.messages)
 
 
-def time_whole(model, texts: list[str], max_seq_len: int, skip: int, dim_batch: int) -> None:
+def time_whole(model, texts: list[str], max_seq_len: int, skip: int, dim_batch: int) -> list:
+    """Fit each prompt on its own, printing its time; the one-prompt lenses."""
     from transformer_lens.tools.analysis import JacobianLens
 
+    lenses = []
     for index, text in enumerate(texts):
         tokens = min(max_seq_len, model.bridge.to_tokens(text).shape[1])
         started, cpu = time.perf_counter(), time.process_time()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            JacobianLens.fit(
+            lens = JacobianLens.fit(
                 model.bridge, [text], corpus="bench", max_seq_len=max_seq_len,
                 skip_first_positions=skip, dim_batch=dim_batch, show_progress=False,
             )  # fmt: skip
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
         print(f"prompt {index}: {tokens} tokens, {wall:.1f} s ({cpu:.1f} CPU s)", flush=True)
+        lenses.append(lens)
+    return lenses
+
+
+def diagnose(lenses: list) -> None:
+    """How settled the lens is: per block, ||J - I|| / ||I|| of the merged lens (its distance
+    from the logit lens), the prompt-to-prompt spread ||J_a - J_b|| / ||J|| of one-prompt
+    lenses, and how much the last prompt moved the running mean."""
+    from transformer_lens.tools.analysis import JacobianLens
+
+    merged = JacobianLens.merge(lenses)
+    before = JacobianLens.merge(lenses[:-1]) if len(lenses) > 1 else None
+    eye = torch.eye(merged.d_model)
+    print("block  |J-I|/|I|  spread  last-prompt change", flush=True)
+    for block in merged.source_layers:
+        J = merged.jacobians[block]
+        norm = J.norm()
+        spread = [
+            (a.jacobians[block] - b.jacobians[block]).norm() / norm
+            for i, a in enumerate(lenses) for b in lenses[i + 1 :]
+        ]  # fmt: skip
+        moved = (J - before.jacobians[block]).norm() / norm if before else float("nan")
+        mean_spread = sum(spread) / len(spread) if spread else float("nan")
+        print(f"{block:5d}  {(J - eye).norm() / eye.norm():9.3f}  {mean_spread:6.3f}  "
+              f"{moved:18.3f}", flush=True)  # fmt: skip
+    print(f"metadata: {dict(merged.metadata, model_name=None)}", flush=True)
 
 
 def time_passes(model, text: str, passes: int, max_seq_len: int, skip: int, dim_batch: int):
@@ -106,7 +134,7 @@ def main() -> None:
     if args.passes:
         time_passes(model, texts[0], args.passes, *options)
     else:
-        time_whole(model, texts, *options)
+        diagnose(time_whole(model, texts, *options))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"peak resident memory {peak:.2f} GiB", flush=True)
 
