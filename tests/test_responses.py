@@ -254,3 +254,10 @@ def test_a_forced_rerun_leaves_no_stale_responses(sampled, tmp_path, one_thread)
     plain = analyse(sampled[1].replace(generate=None, samples=1), out=run, force=True)
     assert plain.responses is None and not (run / "responses.parquet").exists()
     assert load_run(run).responses is None
+
+
+def test_the_figures_of_a_run_with_several_samples_draw_its_first_response(sampled, tmp_path):
+    from layerpolicy.report import run_figures
+
+    drawn = {p.name for p in run_figures(sampled[0], tmp_path)}
+    assert {"heatmap_first_prompt.png", "heatmap_first_prompt.svg"} <= drawn

@@ -7,7 +7,7 @@ from pathlib import Path
 from .. import plots
 from ..errors import LayerpolicyError
 from ..tables.results import RunTables
-from ..tables.schema import ENTROPY_CHANGE
+from ..tables.schema import ENTROPY_CHANGE, SAMPLE_COLUMN
 
 MODULE_SITES = ("resid", "attn", "mlp")
 
@@ -17,8 +17,9 @@ def run_figures(result: RunTables, directory: Path | None = None) -> list[Path]:
     directory's figures/); their paths.
 
     entropy_profile (with the RMS-norm panel and ln|V| of the recorded vocabulary), kl_to_final,
-    heatmap_first_prompt (the token table's first prompt), and entropy_change when the summary
-    holds the entropy change of attn or mlp. Only the sites the summary holds are drawn.
+    heatmap_first_prompt (the token table's first prompt, its first response when sampled), and
+    entropy_change when the summary holds the entropy change of attn or mlp. Only the sites the
+    summary holds are drawn.
     """
     if directory is None:
         if result.path is None:
@@ -28,13 +29,16 @@ def run_figures(result: RunTables, directory: Path | None = None) -> list[Path]:
     summary = result.summary
     present = set(summary["site"])
     sites = tuple(site for site in MODULE_SITES if site in present)
-    first_prompt = str(result.tokens["prompt_id"].iloc[0])
+    tokens = result.tokens
+    first_prompt = str(tokens["prompt_id"].iloc[0])
+    if SAMPLE_COLUMN in tokens.columns:  # the heatmap of the first prompt's first response
+        tokens = tokens[(tokens["prompt_id"] == first_prompt) & (tokens[SAMPLE_COLUMN] == 0)]
     drawn = {
         "entropy_profile": plots.plot_entropy_profile(
             summary, sites=sites, vocab_size=vocab_size, show_norm=True
         ),
         "kl_to_final": plots.plot_kl_to_final(summary, sites=sites),
-        "heatmap_first_prompt": plots.plot_token_heatmap(result.tokens, first_prompt),
+        "heatmap_first_prompt": plots.plot_token_heatmap(tokens, first_prompt),
     }
     with_change = set(summary.loc[summary["metric"] == ENTROPY_CHANGE, "site"])
     changes = tuple(site for site in ("attn", "mlp") if site in with_change)
