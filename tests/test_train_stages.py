@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import inspect
 import weakref
 
 import pandas as pd
@@ -27,14 +28,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.mark.slow
 def test_a_run_never_holds_two_copies_of_the_weights(tiny_dirs, tmp_path, monkeypatch):
     """Every `from_pretrained` (the base model's, the trainer's policy, the final model's) finds
-    no earlier loaded model still alive: the analyses and evaluations load no second copy."""
+    no earlier loaded model still alive: the analyses and evaluations load no second copy. The
+    policy is loaded inside the trainer."""
     loaded: list[weakref.ref] = []
     alive_at_load: list[int] = []
+    by_trainer: list[bool] = []
     original = PreTrainedModel.from_pretrained.__func__
 
     def counting(cls, *args, **kwargs):
         gc.collect()
         alive_at_load.append(sum(ref() is not None for ref in loaded))
+        by_trainer.append(_inside_trainer())
         model = original(cls, *args, **kwargs)
         loaded.append(weakref.ref(model))
         return model
@@ -53,6 +57,20 @@ def test_a_run_never_holds_two_copies_of_the_weights(tiny_dirs, tmp_path, monkey
     assert (tmp_path / "run" / "reward_after.csv").is_file()
     # base model (screen, reward and analysis before), the policy, the final model (after)
     assert alive_at_load == [0, 0, 0]
+    # the policy is loaded by TRL's trainer from its GRPOConfig's model_init_kwargs, so after
+    # the accelerate state (and an engine's sharded loading) exists
+    assert by_trainer == [False, True, False]
+
+
+def _inside_trainer() -> bool:
+    """Whether a GRPOTrainer's __init__ is on the call stack."""
+    from trl import GRPOTrainer
+
+    frames = inspect.stack(context=0)
+    return any(
+        f.function == "__init__" and isinstance(f.frame.f_locals.get("self"), GRPOTrainer)
+        for f in frames
+    )
 
 
 def test_sampled_stages_split_the_prompts_across_processes_into_one_table(tiny_dirs, monkeypatch):
