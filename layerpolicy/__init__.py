@@ -13,6 +13,7 @@
     spec.to_argv()            # the `layerpolicy entropy ...` command of the same run
     lp.compare([...])         # several models or before/after runs, aligned on relative depth
     lp.train(...)             # Bottom-up Policy Optimization
+    lp.DynamicsCallback(...)  # the internal policies during any TRL training (dynamics.parquet)
 
 Heavy imports (torch, transformers) happen on first use of an attribute.
 """
@@ -42,6 +43,7 @@ _EXPORTS = {
     "train": "bupo",
     "TrainConfig": "bupo",
     "TrainResult": "bupo",
+    "DynamicsCallback": "dynamics",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]
