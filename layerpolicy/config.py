@@ -153,7 +153,8 @@ class PromptConfig:
             raise LayerpolicyError(
                 "--responses scores saved responses; drop --generate and --response-column"
             )
-        if self.responses is not None and self.source not in (None, str(self.responses)):
+        named = self.source if isinstance(self.source, (str, Path)) else None  # not a loaded set
+        if self.responses is not None and named is not None and str(named) != str(self.responses):
             raise LayerpolicyError(
                 "--responses brings its own prompts; drop --prompts (or give the same path)"
             )
@@ -186,7 +187,7 @@ class PromptConfig:
         of the saved responses, in their order."""
         from .prompts import load_prompts
 
-        if self.responses is not None:
+        if self.responses is not None and not hasattr(self.source, "items"):  # not a loaded set
             from .responses import saved_prompts
 
             return saved_prompts(self.responses, self.limit)[0]

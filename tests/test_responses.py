@@ -15,11 +15,13 @@ from layerpolicy.cli.app import main
 from layerpolicy.analysis import analyse, load_run
 from layerpolicy.bupo.evaluate import solve_rates
 from layerpolicy.bupo.reward import grade, verifier_record
+from layerpolicy.comparison import compare
 from layerpolicy.config import AnalysisConfig, ModelConfig, PromptConfig
 from layerpolicy.correctness import by_correct
 from layerpolicy.errors import LayerpolicyError
 from layerpolicy.models import load_tokenizer
 from layerpolicy.models.tiny import build_tiny_tokenizer
+from layerpolicy.report import run_figures
 from layerpolicy.report.view import build_report
 from layerpolicy.responses import read_responses, tokenizer_fingerprint, write_responses
 from layerpolicy.sampling import prompt_seed
@@ -257,7 +259,20 @@ def test_a_forced_rerun_leaves_no_stale_responses(sampled, tmp_path, one_thread)
 
 
 def test_the_figures_of_a_run_with_several_samples_draw_its_first_response(sampled, tmp_path):
-    from layerpolicy.report import run_figures
-
     drawn = {p.name for p in run_figures(sampled[0], tmp_path)}
     assert {"heatmap_first_prompt.png", "heatmap_first_prompt.svg"} <= drawn
+
+
+def test_compare_scores_one_saved_set_under_two_models(sampled, tiny_dirs, tmp_path, one_thread):
+    saved = PromptConfig(responses=str(sampled[0].path), limit=2)
+    models = [str(tiny_dirs["qwen2"]), str(tiny_dirs["llama"])]
+    compared = compare(models, sampled[1].replace(prompts=saved), cache=tmp_path, progress=False)
+    runs = sorted(p for p in tmp_path.iterdir() if (p / "responses.parquet").is_file())
+    assert len(runs) == 2 and len(compared.summaries) == 2
+    first_two = sampled[0].responses.iloc[:4].reset_index(drop=True)
+    for run in runs:
+        assert read_responses(run).equals(first_two)
+        tokens = load_run(run).tokens
+        assert set(zip(tokens["prompt_id"], tokens["sample"], strict=True)) == set(
+            zip(first_two["prompt_id"], first_two["sample"], strict=True)
+        )
