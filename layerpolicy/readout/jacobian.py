@@ -74,11 +74,9 @@ def lens_choice_error(model_name: str, model_spec: str, lens: str | None) -> str
             f"--readout jacobian-lens needs a lens and none is fitted for {model_name}; fit one "
             f"with `{fit_command(model_spec)}` (or pass --lens PATH_OR_NAME)"
         )
-    path = Path(lens).expanduser()
-    if path.is_dir():
-        path = path / LENS_FILE
-    if path.is_file():
-        recorded = _read_meta(path).get("model")
+    local = _local_file(lens)
+    if local is not None:
+        recorded = _read_meta(Path(local)).get("model")
         if recorded is not None and recorded != model_name:
             return (
                 f"lens {lens} was fitted for {recorded}, not {model_name}; fit one with "
@@ -106,7 +104,7 @@ def load_lens(model: Any, lens: str | None) -> tuple[Any, dict[str, Any]]:
     problem = lens_choice_error(info.name, info.spec, lens)
     if problem:
         raise LayerpolicyError(problem)
-    source = str(cached_lenses(info.name)[0]) if lens is None else lens
+    source = str(cached_lenses(info.name)[0]) if lens is None else _local_file(lens) or lens
     try:
         loaded = JacobianLens.from_pretrained(source)
     except Exception as error:  # a damaged file, an unknown published name, no hub
@@ -180,6 +178,13 @@ def _read_meta(path: Path) -> dict[str, Any]:
     meta = payload.get("metadata") if isinstance(payload, dict) else None
     found = meta.get(META_KEY) if isinstance(meta, dict) else None
     return found if isinstance(found, dict) else {}
+
+
+def _local_file(lens: str) -> str | None:
+    """The lens file a path names (a directory: its lens.pt), None when it names none."""
+    path = Path(lens).expanduser()
+    path = path / LENS_FILE if path.is_dir() else path
+    return str(path) if path.is_file() else None
 
 
 def _looks_like_path(text: str) -> bool:
