@@ -116,6 +116,13 @@ def train(
     layer_stats: bool = typer.Option(
         True, "--layer-stats/--no-layer-stats", help="Log H(pi^k) and KL(pi||pi^k) per rollout."
     ),
+    monitor_every: int = typer.Option(
+        None,
+        "--monitor-every",
+        min=0,
+        help="Score a fixed probe every N optimizer steps into RUN/dynamics.parquet (per-layer "
+        "entropy, KL(pi^k||pi^j), cos(H^k, H^j), perplexity); default every 5 rollouts; 0 = off.",
+    ),
     grpo: list[str] = typer.Option(
         None, "--grpo", help="Any other GRPOConfig field, KEY=VALUE (JSON values); repeatable."
     ),

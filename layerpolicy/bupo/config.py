@@ -18,10 +18,11 @@ from ..errors import LayerpolicyError
 from .layer import check_beta
 
 PAPER_INTER_SHARE = 30 / 300  # the paper's s_inter / total steps (Qwen3-4B)
+MONITOR_ROLLOUTS = 5  # default dynamics interval in rollouts (benchmarks/bench_dynamics.py)
 # Settings that may change on --resume without changing the trajectory so far.
 RESUMABLE = (
     "steps", "save_every", "keep_checkpoints", "analyse", "analysis_prompts", "report_to",
-    "eval_samples",
+    "eval_samples", "monitor_every",
 )  # fmt: skip
 
 
@@ -38,6 +39,9 @@ class TrainConfig:
     (seed `seed`) and trains only on the prompts it solves sometimes (0 < mean reward < 1);
     eval_samples N > 0 samples N responses per trained prompt from the base and the final model
     (seed `seed + 1`) for the reward before and after training. 0 turns either off.
+    monitor_every N > 0 scores a probe (the first `analysis_prompts` trained prompts, one
+    response each from the base model) every N optimizer steps into RUN/dynamics.parquet
+    (`layerpolicy.dynamics`); None: every MONITOR_ROLLOUTS rollouts; 0: off.
     """
 
     steps: int = 100
@@ -68,6 +72,7 @@ class TrainConfig:
     layer_stats: bool = True
     screen_samples: int = 0
     eval_samples: int = 0
+    monitor_every: int | None = None
     grpo: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -81,6 +86,10 @@ class TrainConfig:
             raise LayerpolicyError(
                 f"screen_samples must be 0 (off) or at least 2 (one response per prompt is never "
                 f"solved sometimes), got {self.screen_samples}"
+            )
+        if self.monitor_every is not None and self.monitor_every < 0:
+            raise LayerpolicyError(
+                f"monitor_every must be 0 (off) or positive, got {self.monitor_every}"
             )
         if self.eval_samples < 0:
             raise LayerpolicyError(
@@ -119,6 +128,13 @@ class TrainConfig:
     def updates_per_step(self) -> int:
         """Optimizer steps per rollout."""
         return self.mini_batches * self.num_iterations
+
+    @property
+    def monitor_steps(self) -> int:
+        """Optimizer steps between two scorings of the dynamics probe (0: off)."""
+        if self.monitor_every is None:
+            return MONITOR_ROLLOUTS * self.updates_per_step
+        return self.monitor_every
 
     def recorded(self) -> dict[str, Any]:
         return {**asdict(self), "inter_steps": self.s_inter}

@@ -19,8 +19,11 @@ import torch
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import GRPOConfig
 
+from ..config import AnalysisConfig
+from ..dynamics import DynamicsCallback
 from ..parallel import current_shard
 from ..prompts import PromptSet
+from ..sampling import SamplingConfig
 from .config import TrainConfig, grpo_arguments
 from .data import TrainingModel, reward_function, training_dataset
 from .engine import check_engine, engine_record, save_final_model, training_precision
@@ -111,9 +114,26 @@ def build_trainer(
         layer_stats=config.layer_stats,
     )
     trainer.step_log = step_log
+    if config.monitor_steps:
+        _monitor(config, prompt_set, run_dir, setup.source.location).attach(trainer)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     return trainer
+
+
+def _monitor(
+    config: TrainConfig, prompt_set: PromptSet, run_dir: Path, location: str
+) -> DynamicsCallback:
+    """The dynamics monitor of a run: the first `analysis_prompts` trained prompts, one
+    response each from the base model at the rollout temperature (RUN/probe.parquet)."""
+    sampling = SamplingConfig(
+        max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.seed
+    )
+    return DynamicsCallback(
+        run_dir, prompt_set.items[: config.analysis_prompts], every=config.monitor_steps,
+        sampling=sampling, analysis=AnalysisConfig(seed=config.seed, top_k=0),
+        model_location=location, thinking=config.thinking,
+    )  # fmt: skip
 
 
 def release_memory() -> None:
