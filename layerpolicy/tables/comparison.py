@@ -88,7 +88,8 @@ def _token_ids_differ(results: list[RunTables]) -> bool:
     seen: dict[str, np.ndarray] = {}
     for result in results:
         tokens = result.tokens
-        final = tokens[tokens["site"] == "final"].sort_values(["prompt_id", "position"])
+        keys = [k for k in ("prompt_id", "sample", "position") if k in tokens.columns]
+        final = tokens[tokens["site"] == "final"].sort_values(keys, kind="stable")
         ids = final["token_id"].to_numpy()
         sha = result.record["prompts"]["sha256"]
         if sha in seen and not np.array_equal(seen[sha], ids):
