@@ -269,6 +269,7 @@ def test_compare_scores_one_saved_set_under_two_models(sampled, tiny_dirs, tmp_p
     compared = compare(models, sampled[1].replace(prompts=saved), cache=tmp_path, progress=False)
     runs = sorted(p for p in tmp_path.iterdir() if (p / "responses.parquet").is_file())
     assert len(runs) == 2 and len(compared.summaries) == 2
+    assert not any("different token ids" in note for note in compared.notes)
     first_two = sampled[0].responses.iloc[:4].reset_index(drop=True)
     for run in runs:
         assert read_responses(run).equals(first_two)
