@@ -13,11 +13,13 @@ import pandas as pd
 import pytest
 import torch
 from datasets import Dataset
+from layerpolicy.cli.app import main
 from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer
 
 from layerpolicy.analysis import analyse
-from layerpolicy.config import AnalysisConfig
+from layerpolicy.bupo import TrainConfig, train
+from layerpolicy.config import AnalysisConfig, ModelConfig, PromptConfig
 from layerpolicy.dynamics import DYNAMICS_COLUMNS, DynamicsCallback, layer_pair_means
 from layerpolicy.errors import LayerpolicyError
 from layerpolicy.models import load_model
@@ -25,6 +27,8 @@ from layerpolicy.prompts import PromptItem
 from layerpolicy.responses import read_responses
 from layerpolicy.spec import RunSpec
 from tests.reference import plain_model, reference_vectors
+from tests.training import FAST as TRAIN_FAST
+from tests.training import parity_reward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -112,27 +116,25 @@ def test_the_callback_runs_with_trls_own_grpo_trainer(tiny_dirs, tmp_path):
     assert changed and not first.reset_index(drop=True).equals(last.reset_index(drop=True))
 
 
-def test_bupo_run_writes_dynamics_with_its_phases_and_the_view_draws_them(tiny_dirs, tmp_path):
-    from layerpolicy.bupo import TrainConfig, train
-    from layerpolicy.config import ModelConfig, PromptConfig
-    from layerpolicy.plots.dynamics import dynamics_figure
-    from tests.training import FAST as TRAIN_FAST
-    from tests.training import parity_reward
-
-    config = TrainConfig(
-        **{**TRAIN_FAST, "steps": 2, "inter_steps": 1, "layer": 2, "mini_batches": 1},
-        monitor_every=1, analysis_prompts=2,
-    )  # fmt: skip
-    spec = RunSpec(
-        ModelConfig(str(tiny_dirs["qwen2"]), device="cpu"), PromptConfig(None, limit=2), train=config
-    )
+def test_bupo_run_writes_dynamics_with_its_phases_and_the_view_draws_them(
+    tiny_dirs, tmp_path, capsys
+):
+    settings = {**TRAIN_FAST, "steps": 2, "inter_steps": 1, "layer": 2, "mini_batches": 1}
+    config = TrainConfig(**settings, monitor_every=1, analysis_prompts=2)
+    model = ModelConfig(str(tiny_dirs["qwen2"]), device="cpu")
+    spec = RunSpec(model, PromptConfig(None, limit=2), train=config)
     result = train(spec, out=tmp_path / "run", reward_fn=parity_reward, progress=False)
     table = pd.read_parquet(result.path / "dynamics.parquet")
     assert sorted(table.step.unique()) == [0, 1, 2] and set(table.k) == {2}
     phases = table.drop_duplicates("step").set_index("step")["phase"]
     assert phases.to_dict() == {0: "inter", 1: "inter", 2: "full"}
-    paths = dynamics_figure(table, result.path / "figures")
-    assert all(p.stat().st_size > 0 for p in paths)
+    assert result.record["settings"]["monitor_every"] == 1
+    capsys.readouterr()
+    assert main(["view", str(result.path)]) == 0, capsys.readouterr().err
+    page = (result.path / "view.html").read_text()
+    assert page.count("<svg") == 2 and "optimizer steps 0 to 2" in page
+    for name in ("dynamics", "dynamics_heatmap"):
+        assert (result.path / "figures" / f"{name}.png").stat().st_size > 0
 
 
 def test_bad_input_is_one_line_before_any_work(tmp_path):
