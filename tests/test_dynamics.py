@@ -155,9 +155,11 @@ def test_two_processes_write_one_table(tiny_dirs, tmp_path):
     """Under a 2-process DDP launch the main process scores and writes one table."""
     script = Path(__file__).with_name("dynamics_worker.py")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(script.parents[1]), env.get("PYTHONPATH", "")])
+    accelerate = Path(sys.executable).parent / "accelerate"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-        "2", "--cpu", str(script), str(tiny_dirs["qwen2"]), str(tmp_path),
+        str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", str(script),
+        str(tiny_dirs["qwen2"]), str(tmp_path),
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
