@@ -36,7 +36,9 @@ def fit(
     offline: bool = options.Offline,
 ) -> None:
     """Fit J_l = E[d h_final / d h_l] with TransformerLens's JacobianLens (float32, raw
-    weights), one prompt at a time: an interrupted fit resumes where it stopped."""
+    weights) on the prompts' plain text, one prompt at a time: an interrupted fit resumes where
+    it stopped. Slow on a CPU: one forward and ceil(d_model / dim-batch) backward passes per
+    prompt (benchmarks/bench_lens_fit.py measures it)."""
     from layerpolicy.config import ModelConfig, PromptConfig
     from layerpolicy.readout.jacobian_fit import FitSettings, fit_lens
 
