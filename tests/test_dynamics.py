@@ -102,6 +102,7 @@ def test_kl_and_cosine_rows_match_the_plain_model(tiny_dirs, tmp_path):
 
 
 def test_the_callback_runs_with_trls_own_grpo_trainer(tiny_dirs, tmp_path):
+@pytest.mark.slow
     callback = monitor(tmp_path / "run", every=2)
     trainer = grpo_trainer(tiny_dirs["qwen2"], tmp_path, callback, steps=4)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
@@ -117,6 +118,7 @@ def test_the_callback_runs_with_trls_own_grpo_trainer(tiny_dirs, tmp_path):
 
 
 def test_bupo_run_writes_dynamics_with_its_phases_and_the_view_draws_them(
+@pytest.mark.slow
     tiny_dirs, tmp_path, capsys
 ):
     settings = {**TRAIN_FAST, "steps": 2, "inter_steps": 1, "layer": 2, "mini_batches": 1}

@@ -71,11 +71,13 @@ def test_builds_in_separate_processes_are_byte_identical(two_builds):
         assert hashes == _hashes(b), a.name
 
 
+@pytest.mark.slow
 def test_an_in_process_build_matches_the_cached_one(two_builds, tmp_path):
     for cached in two_builds[0]:
         assert _hashes(save_tiny_model(tmp_path / cached.name, cached.name)) == _hashes(cached)
 
 
+@pytest.mark.slow
 def test_weights_have_the_recorded_bytes(two_builds):
     for directory in two_builds[0]:
         digest = hashlib.sha256((directory / "model.safetensors").read_bytes()).hexdigest()
