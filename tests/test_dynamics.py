@@ -101,8 +101,8 @@ def test_kl_and_cosine_rows_match_the_plain_model(tiny_dirs, tmp_path):
         assert ours[("cos_with_k", j)] == pytest.approx(float(cos), rel=1e-5, abs=1e-6)
 
 
-def test_the_callback_runs_with_trls_own_grpo_trainer(tiny_dirs, tmp_path):
 @pytest.mark.slow
+def test_the_callback_runs_with_trls_own_grpo_trainer(tiny_dirs, tmp_path):
     callback = monitor(tmp_path / "run", every=2)
     trainer = grpo_trainer(tiny_dirs["qwen2"], tmp_path, callback, steps=4)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
@@ -117,8 +117,8 @@ def test_the_callback_runs_with_trls_own_grpo_trainer(tiny_dirs, tmp_path):
     assert changed and not first.reset_index(drop=True).equals(last.reset_index(drop=True))
 
 
-def test_bupo_run_writes_dynamics_with_its_phases_and_the_view_draws_them(
 @pytest.mark.slow
+def test_bupo_run_writes_dynamics_with_its_phases_and_the_view_draws_them(
     tiny_dirs, tmp_path, capsys
 ):
     settings = {**TRAIN_FAST, "steps": 2, "inter_steps": 1, "layer": 2, "mini_batches": 1}
