@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -150,6 +151,20 @@ def test_bad_input_is_one_line_before_any_work(tmp_path):
         callback._layer(4)
     with pytest.raises(LayerpolicyError, match=r"1\.\.3"):
         monitor(tmp_path / "run", layer=4)._layer(4)
+
+
+def test_an_adapted_model_turns_the_monitor_off_with_a_warning(tiny_dirs, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    plain = AutoModelForCausalLM.from_pretrained(str(tiny_dirs["qwen2"]))
+    model = get_peft_model(plain, LoraConfig(r=2, target_modules="all-linear"))
+    callback = monitor(tmp_path / "run")
+    state = SimpleNamespace(is_world_process_zero=True, global_step=0)
+    with pytest.warns(UserWarning, match="training dynamics off: the model carries PEFT"):
+        callback.on_train_begin(None, state, None, model=model)
+    state.global_step = 1
+    callback.on_step_end(None, state, None)
+    assert callback.off and not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

@@ -193,8 +193,11 @@ def _unreadable(model: Any) -> str | None:
     plain = _plain_model(model)
     if hasattr(plain, "peft_config"):
         return "the model carries PEFT adapters (score the merged checkpoints instead)"
+    from torch.distributed.tensor import DTensor
+
     for parameter in plain.parameters():
-        if type(parameter.data).__name__ == "DTensor" or hasattr(parameter, "ds_id"):
+        sharded = ("ds_id", "_is_flat_param")  # DeepSpeed ZeRO-3, FSDP1 flat parameters
+        if isinstance(parameter, DTensor) or any(hasattr(parameter, a) for a in sharded):
             return "the parameters are sharded across processes (FSDP or ZeRO-3)"
     return None
 

@@ -63,15 +63,15 @@ def score_probe(
 ) -> pd.DataFrame:
     """Dynamics rows (ROW_COLUMNS) of `model` on the saved probe `probe` (a responses.parquet);
     `layer`: k of the KL and cosine rows (1 <= k < L)."""
-    prompts = PromptConfig(responses=str(probe), max_tokens=None)
+    prompts = PromptConfig(responses=str(probe), max_tokens=None)  # whole responses
     frames: list[pd.DataFrame] = []
-    items = saved_prompts(probe)[0].items
-    score_prompts(model, items, prompts, config, frames.append, progress=False)
+    prompt_set, saved = saved_prompts(probe)
+    score_prompts(model, prompt_set.items, prompts, config, frames.append, progress=False)
     tokens = pd.concat(frames, ignore_index=True)
     means = stats.prompt_means(tokens)  # as the analysis: a prompt's samples averaged
     entropy = means[means["metric"] == "entropy"]
     nll = _perplexity_means(means, model.n_layers)
-    pairs = layer_pair_means(model, saved_prompts(probe)[1], layer, config)
+    pairs = layer_pair_means(model, saved, layer, config)
     long = pd.concat([entropy, nll, pairs], ignore_index=True)
     summary = stats.summarise(
         long, model=model.info.name, readout=config.readout, n_boot=config.n_boot, seed=config.seed
