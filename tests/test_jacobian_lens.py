@@ -15,6 +15,7 @@ from transformer_lens.tools.analysis.logit_lens import logit_readout
 
 from layerpolicy.engine import EngineConfig, score_batch
 from layerpolicy.errors import LayerpolicyError
+from layerpolicy.models import load_model
 from layerpolicy.prompts import PromptItem, encode_prompt
 from layerpolicy.readout.capture import capture, make_batch
 from layerpolicy.readout.jacobian import META_KEY, load_lens
@@ -35,11 +36,17 @@ def entropy(logits: torch.Tensor) -> np.ndarray:
     return -(logp.exp() * logp).sum(dim=-1).numpy()
 
 
+@pytest.fixture(scope="module")
+def qwen2(tiny_dirs):
+    """A tiny Qwen2 of this module's own: TransformerLens's readout runs leave state on the
+    bridge that the shared session models must not see."""
+    return load_model(str(tiny_dirs["qwen2"]), device="cpu")
+
+
 @pytest.fixture
-def fitted(tiny_models, cache_dir, one_thread):
+def fitted(qwen2, cache_dir, one_thread):
     """A lens fitted on the tiny Qwen2 model, in an empty cache."""
-    model = tiny_models["qwen2"]
-    return model, fit_lens(model, TEXTS, SETTINGS)
+    return qwen2, fit_lens(qwen2, TEXTS, SETTINGS)
 
 
 def rows(columns: dict[str, np.ndarray], site: Site) -> dict[str, np.ndarray]:
@@ -95,8 +102,8 @@ def test_entropies_equal_transformer_lens_readout_through_the_fitted_lens(fitted
     )
 
 
-def test_an_interrupted_fit_resumes_to_the_lens_of_one_fit(tiny_models, cache_dir, one_thread):
-    model = tiny_models["qwen2"]
+def test_an_interrupted_fit_resumes_to_the_lens_of_one_fit(qwen2, cache_dir, one_thread):
+    model = qwen2
     settings = FitSettings("texts", "1" * 64, len(TEXTS), max_seq_len=40, skip_first_positions=2)
 
     def stop_after_two(done: int) -> None:
@@ -129,7 +136,7 @@ def test_a_lens_of_another_model_or_revision_is_refused_in_one_line(fitted, tiny
     lens.metadata[META_KEY] = {**lens.metadata[META_KEY], "revision": "0123abcd"}
     lens.save(str(tmp_path / "old.pt"))
     with pytest.raises(LayerpolicyError, match="fitted for revision 0123abcd") as refused:
-        load_lens(tiny_models["qwen2"], str(tmp_path / "old.pt"))
+        load_lens(fitted[0], str(tmp_path / "old.pt"))
     assert "\n" not in str(refused.value)
 
 
