@@ -115,13 +115,13 @@ def build_trainer(
     )
     trainer.step_log = step_log
     if config.monitor_steps:
-        _monitor(config, prompt_set, run_dir, setup.source.location).attach(trainer)
+        dynamics_monitor(config, prompt_set, run_dir, setup.source.location).attach(trainer)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     return trainer
 
 
-def _monitor(
+def dynamics_monitor(
     config: TrainConfig, prompt_set: PromptSet, run_dir: Path, location: str
 ) -> DynamicsCallback:
     """The dynamics monitor of a run: the first `analysis_prompts` trained prompts, one
