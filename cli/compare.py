@@ -53,6 +53,7 @@ def compare(
     lens: str = options.Lens,
     sites: options.SiteSet = options.Sites,
     top_k: int = options.TopK,
+    readout_precision: options.Precision | None = options.ReadoutPrecision,
     generate: int = options.Generate,
     temperature: float = options.Temperature,
     sampler: options.Sampler = options.SamplerOption,
@@ -105,6 +106,7 @@ def compare(
         max_tokens=max_tokens, chunk_tokens=chunk_tokens, device=device, dtype=dtype,
         device_map=device_map, max_memory=max_memory, seed=seed,
         no_chat_template=no_chat_template, offline=offline,
+        readout_precision=readout_precision,
     )  # fmt: skip
     from layerpolicy.comparison import compare as run_compare
 

@@ -29,6 +29,7 @@ def entropy(
     lens: str = options.Lens,
     sites: options.SiteSet = options.Sites,
     top_k: int = options.TopK,
+    readout_precision: options.Precision | None = options.ReadoutPrecision,
     generate: int = options.Generate,
     temperature: float = options.Temperature,
     sampler: options.Sampler = options.SamplerOption,
@@ -62,6 +63,7 @@ def entropy(
         max_tokens=max_tokens, chunk_tokens=chunk_tokens, device=device, dtype=dtype,
         device_map=device_map, max_memory=max_memory, seed=seed,
         no_chat_template=no_chat_template, offline=offline,
+        readout_precision=readout_precision,
     )  # fmt: skip
     from layerpolicy.analysis import analyse
     from layerpolicy.readout.jacobian import check_lens_choice

@@ -17,11 +17,13 @@ from layerpolicy.config import (
 )
 from layerpolicy.devices import DEVICE_MAPS, DTYPES
 from layerpolicy.errors import LayerpolicyError
+from layerpolicy.readout.precision import PRECISIONS
 from layerpolicy.readout.sites import READOUT_MODES, SITE_SETS
 from layerpolicy.runs import RunDirectory
 from layerpolicy.spec import RunSpec
 
 ReadoutMode = Literal[READOUT_MODES]
+Precision = Literal[PRECISIONS]
 SiteSet = Literal[tuple(SITE_SETS)]
 DType = Literal[DTYPES]
 DeviceMap = Literal[DEVICE_MAPS]
@@ -53,6 +55,12 @@ Lens = typer.Option(
     "--lens",
     help="Jacobian lens for --readout jacobian-lens: a lens file or directory, or a published "
     "name (needs the hub); default: the newest one `layerpolicy lens fit` cached for the model.",
+)
+ReadoutPrecision = typer.Option(
+    None,
+    "--readout-precision",
+    help="How the readout matmul is computed: float32, split (3xTF32: float32's accuracy on GPU "
+    "tensor cores), tf32, bfloat16. Default: split on a CUDA GPU with TF32, else float32.",
 )
 Sites = typer.Option(
     "paper", "--sites", help="Readout set (paper = resid, attn, mlp and the module inputs)."
@@ -164,6 +172,7 @@ def analysis_spec(
     sites: str,
     top_k: int,
     lens: str | None = None,
+    readout_precision: str | None = None,
     generate: int,
     temperature: float,
     sampler: str,
@@ -215,5 +224,6 @@ def analysis_spec(
             top_k=top_k,
             seed=seed,
             lens=lens,
+            readout_precision=readout_precision,
         ),
     )

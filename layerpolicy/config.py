@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .devices import DTYPES, check_placement, choose_device, parse_max_memory
 from .errors import LayerpolicyError
+from .readout.precision import PRECISIONS
 from .readout.sites import READOUT_MODES, SITE_SETS
 
 if TYPE_CHECKING:
@@ -210,7 +211,9 @@ class AnalysisConfig:
     automatic). top_k: the K most likely tokens kept for resid and final rows (0: none). n_boot:
     bootstrap resamples of the 95% CI. seed: sampling and bootstrap seed. lens: the Jacobian
     lens of jacobian-lens (a file, a directory or a published name; None: the newest one that
-    `layerpolicy lens fit` cached for the model).
+    `layerpolicy lens fit` cached for the model). readout_precision: how the readout matmul is
+    computed, float32 | split | tf32 | bfloat16 (None: float32 on CPU, split on a CUDA GPU with
+    TF32; run.json records the one used under readout_checks).
     """
 
     readout: str = field(default="raw", metadata=setting())
@@ -221,9 +224,12 @@ class AnalysisConfig:
     n_boot: int = field(default=1000, metadata=setting(flag=None))
     seed: int = field(default=0, metadata=setting())
     lens: str | None = field(default=None, metadata=setting())
+    readout_precision: str | None = field(default=None, metadata=setting())
 
     def __post_init__(self) -> None:
         check_choice("readout", self.readout, READOUT_MODES)
+        if self.readout_precision is not None:
+            check_choice("readout precision", self.readout_precision, PRECISIONS)
         if self.lens is not None and self.readout != "jacobian-lens":
             raise LayerpolicyError("--lens is the lens of --readout jacobian-lens; add that")
         check_choice("site set", self.sites, SITE_SETS)
@@ -241,4 +247,5 @@ class AnalysisConfig:
             chunk_tokens=self.chunk_tokens,
             top_k=self.top_k,
             lens=self.lens,
+            readout_precision=self.readout_precision,
         )

@@ -27,6 +27,7 @@ from .errors import LayerpolicyError
 from .models import LoadedModel
 from .prompts import EncodedPrompt
 from .readout.capture import make_batch, windows
+from .readout.precision import check_precision, resolve_precision
 from .readout.sites import (
     READOUT_MODES,
     SITE_NAMES,
@@ -50,10 +51,13 @@ class EngineConfig:
     within CHUNK_BUDGET_BYTES, at most CPU_CHUNK_TOKENS on CPU); window_tokens=None: a position
     window that keeps the captured vectors within CAPTURE_BUDGET_BYTES; block_vocab=None: a
     cache-sized vocabulary block on CPU, the whole vocabulary elsewhere. None of them changes
-    results beyond float rounding. use_linearity only applies to raw float32 readouts. top_k > 0
-    adds the top_k most probable token ids and their log-probs to the rows of `top_k_sites`.
-    lens: the Jacobian lens of readout "jacobian-lens" (a file, a directory, a published name;
-    None: the newest one fitted for the model, see `readout.jacobian`)."""
+    results beyond float rounding. use_linearity only applies to raw float32 readouts (readout
+    precision float32 or split). top_k > 0 adds the top_k most probable token ids and their
+    log-probs to the rows of `top_k_sites`. lens: the Jacobian lens of readout "jacobian-lens" (a
+    file, a directory, a published name; None: the newest one fitted for the model, see
+    `readout.jacobian`). readout_precision: how the readout matmul is computed
+    (`readout.precision`; None: the device's default, float32 on CPU, split on a CUDA GPU with
+    TF32)."""
 
     readout: str = "raw"
     sites: str | tuple[str, ...] = "paper"
@@ -64,8 +68,11 @@ class EngineConfig:
     top_k: int = 0
     top_k_sites: tuple[str, ...] = ("resid", "final")
     lens: str | None = None
+    readout_precision: str | None = None
 
     def __post_init__(self) -> None:
+        if self.readout_precision is not None:
+            check_precision(self.readout_precision)
         if self.readout not in READOUT_MODES:
             raise LayerpolicyError(
                 f"unknown readout {self.readout!r}; choose one of {', '.join(READOUT_MODES)}"
@@ -152,11 +159,15 @@ class Engine:
         self.order = readout_order(model.n_layers, config.sites)
         self.sites = captured_sites(self.order, model.n_layers)
         lens, lens_record = self._lens()
-        self.unembed = Unembedding(model.hf_model, lens)
+        precision = resolve_precision(config.readout_precision, model.unembed_device)
+        self.unembed = Unembedding(model.hf_model, lens, precision=precision)
         self.dtype = next(model.hf_model.parameters()).dtype
         reason = self._shortcut_unavailable()
         self.linear: bool | None = False if reason else None  # None: check on the first batch
-        self.record: dict[str, Any] = {"linearity_shortcut": reason or "unchecked"}
+        self.record: dict[str, Any] = {
+            "readout_precision": precision,
+            "linearity_shortcut": reason or "unchecked",
+        }
         if lens_record is not None:
             self.record["lens"] = lens_record
 
@@ -176,6 +187,7 @@ class Engine:
             config.readout != "raw"
             or self.unembed.has_bias
             or self.dtype != torch.float32
+            or self.unembed.precision not in ("float32", "split")  # rounding would add up
             or not {"embed", "attn", "mlp", "resid"} <= names
         ):
             return "not applicable"
@@ -184,10 +196,9 @@ class Engine:
     def _check(self, vectors: dict[Site, torch.Tensor]) -> None:
         error, layer = decomposition_error(vectors, self.model.n_layers)
         self.linear = error <= LINEARITY_RTOL
-        self.record = {
-            "linearity_shortcut": "used" if self.linear else "failed",
-            "linearity_error": error,
-        }
+        self.record.update(
+            linearity_shortcut="used" if self.linear else "failed", linearity_error=error
+        )
         if not self.linear:
             self.record["linearity_layer"] = layer
             warnings.warn(

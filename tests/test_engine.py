@@ -185,9 +185,13 @@ def test_failed_linearity_check_falls_back_to_direct_readouts(tiny_models):
 
 def test_record_says_when_the_shortcut_does_not_apply(tiny):
     assert Engine(tiny, EngineConfig(readout="logit-lens")).record == {
-        "linearity_shortcut": "not applicable"
+        "readout_precision": "float32",
+        "linearity_shortcut": "not applicable",
     }
-    assert Engine(tiny, EngineConfig(use_linearity=False)).record == {"linearity_shortcut": "off"}
+    assert Engine(tiny, EngineConfig(use_linearity=False)).record == {
+        "readout_precision": "float32",
+        "linearity_shortcut": "off",
+    }
 
 
 @pytest.mark.parametrize("readout", ["raw", "logit-lens"])

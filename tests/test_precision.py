@@ -1,13 +1,19 @@
-"""Readout precisions against float64, and the TF32 rounding they are built from."""
+"""Readout precisions against float64, the TF32 rounding they are built from, and the setting
+through the engine, the run specification and the command line."""
 
 from __future__ import annotations
 
 import struct
 
+import numpy as np
 import pytest
 import torch
+from layerpolicy.cli.app import spec_from_argv
 
+from layerpolicy.config import AnalysisConfig
+from layerpolicy.engine import Engine, EngineConfig
 from layerpolicy.errors import LayerpolicyError
+from layerpolicy.prompts import PromptItem, encode_prompt
 from layerpolicy.readout.precision import (
     PRECISIONS,
     _float32_matmuls,
@@ -18,6 +24,9 @@ from layerpolicy.readout.precision import (
     split_tf32,
 )
 from layerpolicy.readout.unembed import Unembedding
+from layerpolicy.spec import RunSpec
+
+TEXTS = ("What is 12 + 7? Let's think step by step.", "Solve for x: 3x + 2 = 11.")
 
 
 def bits(value: float) -> int:
@@ -155,3 +164,56 @@ def test_cuda_tf32_setting_is_scoped_and_restored():
         raise RuntimeError("inside")
     assert matmul.fp32_precision == before
     assert torch.get_float32_matmul_precision() in ("highest", "high", "medium")
+
+
+# ---------------------------------------------------------------- the engine and the run settings
+
+
+def engine_entropies(model, precision: str | None) -> tuple[np.ndarray, dict]:
+    """Entropies of every readout of two prompts (paper set, raw) and the engine's record."""
+    items = [PromptItem(f"p{i}", None, text) for i, text in enumerate(TEXTS)]
+    encoded = [encode_prompt(item, model.tokenizer, chat_template=False) for item in items]
+    engine = Engine(model, EngineConfig(readout_precision=precision))
+    return engine.score(encoded)["entropy"], engine.record
+
+
+def test_engine_reads_out_at_the_chosen_precision(tiny_models):
+    model = tiny_models["qwen2"]
+    default, record = engine_entropies(model, None)
+    assert record["readout_precision"] == "float32"  # the CPU's default
+    errors = {}
+    for precision in ("split", "tf32", "bfloat16"):
+        got, record = engine_entropies(model, precision)
+        assert record["readout_precision"] == precision
+        errors[precision] = float(np.abs(got - default).max())
+    assert errors["split"] < 1e-4
+    assert errors["tf32"] > 10 * errors["split"]
+    assert errors["bfloat16"] > errors["tf32"]
+    assert errors["bfloat16"] < 0.5
+
+
+def test_linearity_shortcut_only_for_float32_and_split(tiny_models):
+    _, record = engine_entropies(tiny_models["qwen2"], "split")
+    assert record["linearity_shortcut"] == "used"
+    _, record = engine_entropies(tiny_models["qwen2"], "bfloat16")
+    assert record["linearity_shortcut"] == "not applicable"
+
+
+def test_readout_precision_is_a_recorded_setting_with_a_flag():
+    spec = RunSpec(analysis=AnalysisConfig(readout_precision="tf32"))
+    assert spec.settings()["readout_precision"] == "tf32"
+    assert RunSpec().settings()["readout_precision"] is None  # the device's default
+    argv = spec.to_argv()
+    assert argv[argv.index("--readout-precision") + 1] == "tf32"
+    assert spec_from_argv(argv[1:]) == spec
+    assert AnalysisConfig(readout_precision="split").engine().readout_precision == "split"
+
+
+def test_unknown_readout_precision_setting_is_one_line():
+    with pytest.raises(LayerpolicyError) as error:
+        AnalysisConfig(readout_precision="fp16")
+    assert str(error.value) == (
+        "unknown readout precision 'fp16'; choose one of float32, split, tf32, bfloat16"
+    )
+    with pytest.raises(LayerpolicyError, match="choose one of float32, split, tf32, bfloat16"):
+        EngineConfig(readout_precision="fp16")

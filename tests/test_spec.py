@@ -16,8 +16,8 @@ from layerpolicy.spec import FORMAT_VERSION, PRESETS, RunSpec
 
 ENTROPY_KEYS = [
     "format_version", "model", "dtype", "prompts_sha256", "readout", "sites", "top_k", "n_boot",
-    "seed", "lens", "chat_template", "thinking", "max_tokens", "generate", "temperature", "sampler",
-    "samples", "responses",
+    "seed", "lens", "readout_precision", "chat_template", "thinking", "max_tokens", "generate",
+    "temperature", "sampler", "samples", "responses",
 ]  # fmt: skip
 
 
@@ -44,6 +44,7 @@ def test_settings_record_every_result_changing_field_and_nothing_else():
         {"readout": "logit-lens"}, {"sites": "resid"}, {"top_k": 0}, {"n_boot": 10},
         {"seed": 1}, {"chat_template": False}, {"thinking": True}, {"max_tokens": 9},
         {"generate": 4}, {"temperature": 0.5}, {"dtype": "bfloat16"},
+        {"readout_precision": "split"},
     ],
 )  # fmt: skip
 def test_every_recorded_setting_changes_the_key_and_is_named_when_it_differs(change):

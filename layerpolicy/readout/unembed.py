@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from ..errors import LayerpolicyError
+from .precision import ReadoutWeight, check_precision, prepare_weight, readout_matmul
 from .sites import READOUT_MODES
 
 
@@ -35,9 +36,13 @@ class Unembedding:
         self,
         hf_model: torch.nn.Module,
         lens: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+        *,
+        precision: str = "float32",
     ):
-        """lens: J_l x for a vector x [n, d_model] of layer l (float32), for "jacobian-lens"."""
+        """lens: J_l x for a vector x [n, d_model] of layer l (float32), for "jacobian-lens".
+        precision: how `block` computes its matmul (`readout.precision`)."""
         self.lens = lens
+        self.precision = check_precision(precision)
         head = _unwrap(hf_model.get_output_embeddings())
         self.weight = head.weight
         bias = getattr(head, "bias", None)
@@ -62,6 +67,11 @@ class Unembedding:
     def weight32(self) -> torch.Tensor:
         """W_U [vocab, d_model] in float32, without autograd (the weight itself if float32)."""
         return self.weight.detach().float()
+
+    @functools.cached_property
+    def readout_weight(self) -> ReadoutWeight:
+        """W_U prepared once for `block`'s precision (float32: the weight itself)."""
+        return prepare_weight(self.weight32, self.precision)
 
     @functools.cached_property
     def bias32(self) -> torch.Tensor | None:
@@ -134,8 +144,8 @@ class Unembedding:
 
     def block(self, x32: torch.Tensor, start: int, stop: int, out: torch.Tensor) -> torch.Tensor:
         """Logits of vocabulary entries start..stop-1 for prepared float32 x [n, d] into `out`
-        [n, stop - start] (contiguous): one matmul, no temporaries."""
-        torch.mm(x32, self.weight32[start:stop].t(), out=out)
+        [n, stop - start] (contiguous): one matmul at `precision`, no [n, vocab] temporaries."""
+        readout_matmul(x32, self.readout_weight.rows(start, stop), out=out)
         if self.bias32 is not None:
             out.add_(self.bias32[start:stop])
         return out
