@@ -3,7 +3,8 @@ error against float64, on one model (a section of benchmarks/gpu_check.py; also 
 
     .venv/bin/python benchmarks/gpu_precision.py --model smollm2-135m-instruct --tokens 4096
 
-Speed: x W_U^T over `tokens` rows in the engine's chunks, the fastest of 3 synchronised runs.
+Speed: x W_U^T over `tokens` rows in the engine's chunks, the fastest of 3 synchronised runs; and
+the engine (`score_batch`, resid set, raw readouts) on one prompt of `tokens` random token ids.
 Error: the largest |Delta H| (nats) over every token of every residual readout (raw and logit
 lens, embed .. final) of a float32 forward of random token ids, each mode against a float64
 matmul of the same vectors. split fails the check beyond SPLIT_LIMIT.
@@ -24,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench_precision import entropy_errors  # noqa: E402
 
-from layerpolicy.engine import engine_chunk  # noqa: E402
+from layerpolicy.engine import EngineConfig, engine_chunk, score_batch  # noqa: E402
 from layerpolicy.models import load_model  # noqa: E402
 from layerpolicy.prompts import EncodedPrompt  # noqa: E402
 from layerpolicy.readout.capture import capture, make_batch  # noqa: E402
@@ -61,6 +62,7 @@ def readout_precisions(spec: str, n_tokens: int, device: str = "cuda") -> list[R
         last = unembed.normed(vectors[Site("resid", model.n_layers)])
         x = last.repeat(-(-n_tokens // len(last)), 1)[:n_tokens].contiguous()
         seconds = {p: matmul_seconds(x, prepare_weight(unembed.weight32, p)) for p in PRECISIONS}
+    engine = {p: engine_seconds(model, n_tokens, p) for p in PRECISIONS}
     flops = 2 * n_tokens * x.shape[1] * vocab
     rows = []
     for precision in PRECISIONS:
@@ -75,11 +77,23 @@ def readout_precisions(spec: str, n_tokens: int, device: str = "cuda") -> list[R
                 + (" (default here)" if precision == default_precision(x.device) else ""),
                 f"{seconds['float32'] / s:.2f}x float32's speed ({s * 1e3:.1f} ms, "
                 f"{flops / s / 1e12:.1f} TFLOP/s); max |dH| {errors[precision]:.1e} nats vs "
-                f"float64 ({len(order)} resid readouts x {ERROR_TOKENS} tokens, raw and lens)",
+                f"float64 ({len(order)} resid readouts x {ERROR_TOKENS} tokens, raw and lens); "
+                f"engine, resid set: {engine[precision]:.2f} s, "
+                f"{engine['float32'] / engine[precision]:.2f}x float32's speed",
                 verdict,
             )
         )
     return rows
+
+
+def engine_seconds(model, n_tokens: int, precision: str) -> float:
+    """The fastest of 2 `score_batch` runs, resid set, raw, one prompt of random token ids."""
+    vocab = model.info.vocab_size
+    ids = tuple(int(t) for t in torch.randint(3, vocab, (n_tokens,)))
+    prompts = [EncodedPrompt("timing", ids, (True,) * len(ids), None, False)]
+    config = EngineConfig(sites="resid", readout_precision=precision)
+    score_batch(model, [EncodedPrompt("warm", ids[:64], (True,) * 64, None, False)], config)
+    return fastest(lambda: score_batch(model, prompts, config), 2)
 
 
 def matmul_seconds(x: torch.Tensor, weight, repeat: int = 3) -> float:
