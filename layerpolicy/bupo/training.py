@@ -124,14 +124,15 @@ def build_trainer(
 def dynamics_monitor(
     config: TrainConfig, prompt_set: PromptSet, run_dir: Path, location: str
 ) -> DynamicsCallback:
-    """The dynamics monitor of a run: the first `analysis_prompts` trained prompts, one
-    response each from the base model at the rollout temperature (RUN/probe.parquet)."""
+    """The dynamics monitor of a run: resid readouts of the first `analysis_prompts` trained
+    prompts, one response each from the base model at the rollout temperature (RUN/probe.parquet);
+    one readout per layer where the paper's sites read five (benchmarks/bench_dynamics.py)."""
     sampling = SamplingConfig(
         max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.seed
     )
     return DynamicsCallback(
         run_dir, prompt_set.items[: config.analysis_prompts], every=config.monitor_steps,
-        sampling=sampling, analysis=AnalysisConfig(seed=config.seed, top_k=0),
+        sampling=sampling, analysis=AnalysisConfig(sites="resid", seed=config.seed, top_k=0),
         model_location=location, thinking=config.thinking,
     )  # fmt: skip
 
