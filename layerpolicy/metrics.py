@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .running_topk import RunningTopK
+
 CPU_BLOCK_BYTES = 2 * 2**20  # one [n, w] float32 block; benchmarks/bench_blocks.py picks it
 LOG2_E = 1.0 / math.log(2.0)
 EXP2_FLOOR = -125.0  # 2^-125 = 2.4e-38; below 2^-126 floats are subnormal
@@ -171,26 +173,6 @@ def block_kernel(z: torch.Tensor) -> Callable:
     if z.device.type == "cpu" and z.numel() >= COMPILE_MIN_ELEMENTS:
         return compiled_block_stats() or block_stats
     return block_stats
-
-
-class RunningTopK:
-    """The k largest logits of each of n rows and their vocabulary ids, merged block by block
-    (never more than [n, k + w] values alive)."""
-
-    def __init__(self, n: int, k: int, device: torch.device):
-        self.k = k
-        self.values = torch.empty(n, 0, device=device)
-        self.ids = torch.empty(n, 0, dtype=torch.long, device=device)
-
-    def update(self, z: torch.Tensor, start: int) -> None:
-        """Merge block z [n, w], whose first column is vocabulary entry `start`."""
-        values, ids = z.topk(min(self.k, z.shape[1]), dim=-1)
-        values = torch.cat([self.values, values], dim=-1)
-        ids = torch.cat([self.ids, ids + start], dim=-1)
-        if self.ids.shape[1]:
-            values, keep = values.topk(min(self.k, values.shape[1]), dim=-1)
-            ids = ids.gather(-1, keep)
-        self.values, self.ids = values, ids
 
 
 class ReadoutStats:

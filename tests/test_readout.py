@@ -8,7 +8,6 @@ import torch
 from layerpolicy.errors import LayerpolicyError
 from layerpolicy.models import load_model
 from layerpolicy.prompts import PromptItem, encode_prompt
-from layerpolicy.readout.capture import residual
 from layerpolicy.readout.unembed import Unembedding, find_final_norm
 from tests.reference import plain_model, reference_vectors
 
@@ -114,26 +113,3 @@ def test_half_precision_readouts_are_float32_with_and_without_gradients(tiny_dir
     norm = find_final_norm(model.hf_model)
     assert norm.weight.grad is not None
 
-
-def test_residual_is_the_stream_after_block_k(tiny):
-    plain = plain_model(tiny.info.location)
-    ids = ids_of(tiny)
-    vectors = reference_vectors(plain, ids)
-    with torch.no_grad():
-        for layer in range(tiny.n_layers + 1):
-            want = vectors[("embed", 0) if layer == 0 else ("resid", layer)]
-            torch.testing.assert_close(residual(tiny, ids, layer)[0], want, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match=r"outside 0\.\."):
-        residual(tiny, ids, tiny.n_layers + 1)
-
-
-def test_gradients_of_the_residual_reach_only_blocks_up_to_k(tiny_dirs):
-    model = load_model(str(tiny_dirs["qwen2"]), device="cpu")
-    ids = ids_of(model)
-    Unembedding(model.hf_model).raw(residual(model, ids, 2)[0]).logsumexp(-1).sum().backward()
-    blocks = [block.original_component for block in model.bridge.blocks]
-    grads = [
-        any(p.grad is not None and p.grad.abs().sum() > 0 for p in block.parameters())
-        for block in blocks
-    ]
-    assert grads == [True, True] + [False] * (len(blocks) - 2)

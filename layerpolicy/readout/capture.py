@@ -1,9 +1,8 @@
-"""Reading site vectors out of the model: hooked forwards, position windows, stop_at_layer.
+"""Reading site vectors out of the model: hooked forwards and position windows.
 
 The engine's capture keeps only the d_model vectors of scored positions, moved to the
 unembedding's device as each hook fires (a model split across devices never has them stacked
-elsewhere). Long inputs run as position windows over the Hugging Face KV cache. `residual`
-returns H^l for training, from a forward that stops after block l.
+elsewhere). Long inputs run as position windows over the Hugging Face KV cache.
 """
 
 from __future__ import annotations
@@ -184,29 +183,3 @@ def _bridge_reads_cache(model: LoadedModel) -> Iterator[None]:
         for handle in handles:
             handle.remove()
 
-
-def residual(
-    model: LoadedModel,
-    input_ids: torch.Tensor,
-    layer: int,
-    attention_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """H^layer [B, T, d_model] (0: the embeddings, L: the last block's output before the final
-    norm) from a forward that runs blocks 1..layer only; differentiable when gradients are
-    enabled, so a loss on it reaches only those blocks and the embedding."""
-    if not 0 <= layer <= model.n_layers:
-        raise ValueError(f"layer {layer} is outside 0..{model.n_layers}")
-    extra = {} if attention_mask is None else {"attention_mask": attention_mask}
-    if layer < model.n_layers:
-        return model.bridge(input_ids, stop_at_layer=layer, **extra)
-    kept: list[torch.Tensor] = []
-
-    def keep(activation: torch.Tensor, hook) -> torch.Tensor:
-        kept.append(activation)
-        raise _Captured
-
-    with contextlib.suppress(_Captured):
-        model.bridge.run_with_hooks(
-            input_ids, fwd_hooks=[(Site("resid", layer).hook_name(), keep)], **extra
-        )
-    return kept[0]
