@@ -113,6 +113,8 @@ def test_the_callback_runs_with_trls_own_grpo_trainer(tiny_dirs, tmp_path):
     assert set(table.metric) == {"entropy", "kl_from_k", "cos_with_k", "perplexity"}
     assert set(table.query("metric == 'kl_from_k'").layer) == {2, 3, 4}  # every j > k = 1
     assert (table.query("metric == 'kl_from_k'")["mean"] >= 0).all()
+    policy = {p.data_ptr() for p in trainer.model.parameters()}
+    assert all(p.data_ptr() in policy for p in callback._bridge.hf_model.parameters())  # no copy
     changed = any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
     first, last = (table.query(f"step == {s} and metric == 'entropy'")["mean"] for s in (0, 4))
     assert changed and not first.reset_index(drop=True).equals(last.reset_index(drop=True))

@@ -55,11 +55,13 @@ def test_a_run_never_holds_two_copies_of_the_weights(tiny_dirs, tmp_path, monkey
         pytest.skip(str(error))
     assert result.before is not None and result.after is not None
     assert (tmp_path / "run" / "reward_after.csv").is_file()
-    # base model (screen, reward and analysis before), the policy, the final model (after)
-    assert alive_at_load == [0, 0, 0]
+    # base model (screen, reward and analysis before), the policy, the dynamics monitor's bridge
+    # (loaded once at the start of training, then pointed at the policy's tensors, its own
+    # weights freed: tests/test_dynamics.py), the final model (after)
+    assert alive_at_load == [0, 0, 1, 0]
     # the policy is loaded by TRL's trainer from its GRPOConfig's model_init_kwargs, so after
     # the accelerate state (and an engine's sharded loading) exists
-    assert by_trainer == [False, True, False]
+    assert by_trainer == [False, True, False, False]
 
 
 def _inside_trainer() -> bool:
