@@ -44,6 +44,7 @@ def render_bupo(
     if table:
         parts.append("\n".join(table))
     parts.append(_reward_sentence(bupo))
+    parts.append(_grader_note(bupo))
     parts += [
         f"{img('bupo_training_log.png', '49%')} {img('bupo_difference.png', '49%')}",
         f"The same run:\n\n```bash\n{bupo['command']}\n```",
@@ -137,6 +138,18 @@ def _bupo_table(bupo: dict[str, Any], diff: pd.DataFrame, k: int) -> list[str]:
         word = change_word(change["ci_low"], change["ci_high"])
         lines.append(f"| {title} | {before} | {after} | {delta} | {word} |")
     return lines
+
+
+def _grader_note(bupo: dict[str, Any]) -> str:
+    """What a run graded before the verifier reward existed means today ("" for a current run)."""
+    if "verifier" in bupo["reward"]:
+        return ""
+    return (
+        "This run was graded by the earlier reward, which read the last number of a response "
+        "without `\\boxed{}`; the current reward (math-verify, the last `\\boxed{}` only, as the "
+        "paper's scorer) gives such responses 0, so under it the same screen keeps no prompt and "
+        "this command stops at the screen ([docs/training.md](docs/training.md#reward))."
+    )
 
 
 def _reward_sentence(bupo: dict[str, Any]) -> str:

@@ -487,3 +487,12 @@ def test_readme_figure_set_is_named_by_family_and_written_as_png(tmp_path):
     before, after = make_summary("m-b"), make_summary("m-b", shift=1.0)
     paths = bupo_figures(record, make_log(), before, after, tmp_path / "bupo")
     assert [p.name for p in paths] == ["bupo_training_log.png", "bupo_difference.png"]
+
+
+def test_a_bupo_run_graded_before_the_verifier_says_so(tmp_path):
+    figures = built_figures(tmp_path / "f")
+    assert "graded by the earlier reward" in flat_findings(figures)
+    record = json.loads((figures / "record.json").read_text())
+    record["bupo"]["reward"]["verifier"] = {"name": "math-verify", "version": "0.9.0"}
+    (figures / "record.json").write_text(json.dumps(record))
+    assert "earlier reward" not in flat_findings(figures)
