@@ -10,13 +10,14 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from layerpolicy.cli.app import main
 
 from layerpolicy.analysis import analyse, load_run
 from layerpolicy.bupo.evaluate import solve_rates
 from layerpolicy.bupo.reward import grade, verifier_record
 from layerpolicy.comparison import compare
-from layerpolicy.config import AnalysisConfig, ModelConfig, PromptConfig
+from layerpolicy.config import ModelConfig, PromptConfig
 from layerpolicy.correctness import by_correct
 from layerpolicy.errors import LayerpolicyError
 from layerpolicy.models import load_tokenizer
@@ -34,8 +35,9 @@ PROBLEMS = [("What is 1 + 2?", "3"), ("What is 2 * 3?", "6"), ("What is 10 - 4?"
 
 
 @pytest.fixture(scope="module")
-def sampled(tiny_dirs, tmp_path_factory):
-    """A --generate run of 3 prompts with answers, 2 responses each, on tiny Qwen2."""
+def sampled(tiny_dirs, tmp_path_factory, analysis_config):
+    """A --generate run of 3 prompts with answers, 2 responses each, on tiny Qwen2, scored on one
+    thread as the tests that score it again are (float32 sums follow the thread count)."""
     root = tmp_path_factory.mktemp("responses")
     prompts = root / "problems.jsonl"
     rows = [{"prompt": q, "answer": a} for q, a in PROBLEMS]
@@ -43,9 +45,14 @@ def sampled(tiny_dirs, tmp_path_factory):
     spec = RunSpec(
         ModelConfig(str(tiny_dirs["qwen2"]), device="cpu"),
         PromptConfig(str(prompts), generate=6, samples=2),
-        AnalysisConfig(batch_size=2, n_boot=50),
+        analysis_config,
     )
-    return analyse(spec, out=root / "run", progress=False), spec
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return analyse(spec, out=root / "run", progress=False), spec
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_a_sampling_run_keeps_its_responses_as_data(sampled, one_thread):

@@ -217,7 +217,8 @@ def test_view_cli_on_what_is_not_a_finished_run(top_run, tmp_path, capsys):
     training = tmp_path / "train"
     for part in ("before", "after"):
         shutil.copytree(top_run, training / part)
-    assert "training run" in _one_line_error(["view", str(training)], capsys)
+    message = _one_line_error(["view", str(training)], capsys)
+    assert "no dynamics.parquet" in message and str(training / "before") in message
 
 
 @pytest.mark.parametrize("table", ["tokens.parquet", "prompt_means.parquet", "summary.csv"])
