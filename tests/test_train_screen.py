@@ -16,6 +16,7 @@ from layerpolicy.bupo.record import reward_lines
 from layerpolicy.errors import LayerpolicyError, PromptSourceError, RunDirectoryError
 from layerpolicy.models import load_model
 from layerpolicy.prompts import PromptSet, load_prompts
+from layerpolicy.responses import read_responses
 from tests.training import FAST, K, one_line_error, parity_reward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,6 +64,11 @@ def test_screen_keeps_prompts_solved_sometimes_and_reward_is_measured_before_and
     ids = [item.id for item in load_prompts(None, limit=5).items]
     assert list(screen.prompt_id) == [p for p in ids for _ in range(4)]
     assert list(screen["sample"]) == [0, 1, 2, 3] * 5
+    for table in ("screen", "reward_before", "reward_after"):  # the responses behind each table
+        rows = pd.read_csv(out / f"{table}.csv", dtype={"prompt_id": str})
+        responses = read_responses(out / f"{table}_responses.parquet")
+        assert list(responses["prompt_id"]) == list(rows["prompt_id"])
+        assert list(responses["n_tokens"]) == list(rows["response_tokens"])
     rates = screen.groupby("prompt_id", sort=False)["reward"].mean()
     kept = [p for p in ids if 0 < rates[p] < 1]
     assert rates[ids[0]] == 0 and ids[0] not in kept and len(kept) >= 2

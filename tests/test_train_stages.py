@@ -81,7 +81,9 @@ def test_sampled_stages_split_the_prompts_across_processes_into_one_table(tiny_d
     prompts = load_prompts(None, limit=5)
     config = TrainConfig(**FAST)
     options = dict(samples=2, seed=3, progress=False)
-    whole = sampled_module.sample_rewards(model, prompts, config, parity_reward, **options)
+    whole, whole_responses = sampled_module.sample_rewards(
+        model, prompts, config, parity_reward, **options
+    )
     shares: list[list[str]] = []
 
     class RankZeroOfTwo:
@@ -99,18 +101,25 @@ def test_sampled_stages_split_the_prompts_across_processes_into_one_table(tiny_d
 
     def gather(objects):
         rest = dataclasses.replace(prompts, items=tuple(state.rest))
+        drawn: list[pd.DataFrame] = []
         rank_one = solve_rates(
             model, rest, samples=2, max_new_tokens=config.max_new_tokens, seed=3,
-            reward_fn=parity_reward, progress=False,
+            reward_fn=parity_reward, progress=False, responses=drawn,
         )  # fmt: skip
-        return [*objects, rank_one]
+        return [*objects, (rank_one, pd.concat(drawn, ignore_index=True))]
 
     monkeypatch.setattr(sampled_module, "PartialState", lambda **_: state)
     monkeypatch.setattr(sampled_module, "gather_object", gather)
-    merged = sampled_module.sample_rewards(model, prompts, config, parity_reward, **options)
+    merged, responses = sampled_module.sample_rewards(
+        model, prompts, config, parity_reward, **options
+    )
     ids = [item.id for item in prompts.items]
     assert shares == [ids[:3], ids[3:]]
     pd.testing.assert_frame_equal(merged, whole)
+    pd.testing.assert_frame_equal(responses, whole_responses)
+    keys = list(zip(responses["prompt_id"], responses["sample"], strict=True))
+    assert keys == list(zip(merged["prompt_id"], merged["sample"], strict=True))
+    assert (responses["n_tokens"].to_numpy() == merged["response_tokens"].to_numpy()).all()
 
 
 def test_grpo_values_of_the_wrong_type_are_one_line_naming_field_and_type(

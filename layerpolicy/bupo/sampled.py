@@ -2,9 +2,11 @@
 
 Each samples a rows table (`layerpolicy.bupo.evaluate`) with the prompts split across the
 processes of a launch (accelerate's `split_between_processes`, contiguous shares in prompt order)
-and gathered into one table, which the main process writes. Responses are seeded per (prompt,
-sample), so the table does not depend on the number of processes. With `use_vllm` they are
-sampled by vLLM, as the rollouts are. A resumed run reads a finished stage's file instead.
+and gathered into one table, which the main process writes, with the responses themselves
+beside it (NAME_responses.parquet next to NAME.csv, in the layout of `layerpolicy.responses`).
+Responses are seeded per (prompt, sample), so the table does not depend on the number of
+processes. With `use_vllm` they are sampled by vLLM, as the rollouts are. A resumed run reads a
+finished stage's file instead.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from accelerate.utils import gather_object
 from ..errors import PromptSourceError
 from ..models import LoadedModel
 from ..prompts import PromptSet, prompts_sha256
+from ..responses import write_responses
 from ..runs import write_csv
 from .config import TrainConfig
 from .evaluate import read_rows, solve_rates, sometimes_solved
@@ -57,11 +60,11 @@ def screen_stage(
     path = Path(run_dir) / SCREEN_FILE
     rows = reusable(path, prompt_set, config.screen_samples) if resume else None
     if rows is None:
-        rows = sample_rewards(
+        rows, responses = sample_rewards(
             model(), prompt_set, config, reward_fn, samples=config.screen_samples,
             seed=config.seed, progress=progress,
         )  # fmt: skip
-        _write_on_main(rows, path)
+        _write_on_main(rows, responses, path)
     return Screened(rows, _kept(prompt_set, rows, config, path))
 
 
@@ -80,11 +83,11 @@ def reward_stage(
         return None
     rows = reusable(path, prompt_set, config.eval_samples) if resume else None
     if rows is None:
-        rows = sample_rewards(
+        rows, responses = sample_rewards(
             model(), prompt_set, config, reward_fn, samples=config.eval_samples,
             seed=config.seed + 1, progress=progress,
         )  # fmt: skip
-        _write_on_main(rows, path)
+        _write_on_main(rows, responses, path)
     return rows
 
 
@@ -97,10 +100,12 @@ def sample_rewards(
     samples: int,
     seed: int,
     progress: bool,
-) -> pd.DataFrame:
-    """The rows table of `samples` responses per prompt at the training's budget, temperature
-    and thinking mode: this process samples its share, every process returns the whole."""
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows table and the responses table of `samples` responses per prompt at the
+    training's budget, temperature and thinking mode: this process samples its share, every
+    process returns the whole."""
     state = PartialState(cpu=model.device.type == "cpu")  # as the trainer's, with use_cpu
+    drawn: list[pd.DataFrame] = []
     with state.split_between_processes(list(prompt_set.items)) as share:
         rows = solve_rates(
             model,
@@ -113,9 +118,20 @@ def sample_rewards(
             reward_fn=reward_fn,
             sampler="vllm" if config.use_vllm else "hf",
             progress=progress and state.is_main_process,
+            responses=drawn,
         )
-    shares = gather_object([rows]) if state.num_processes > 1 else [rows]
-    return pd.concat(shares, ignore_index=True)
+    mine = (rows, pd.concat(drawn, ignore_index=True) if drawn else None)
+    shares = gather_object([mine]) if state.num_processes > 1 else [mine]
+    responses = [frame for _, frame in shares if frame is not None]
+    return (
+        pd.concat([rows for rows, _ in shares], ignore_index=True),
+        pd.concat(responses, ignore_index=True),
+    )
+
+
+def responses_file(path: Path) -> Path:
+    """Where the responses behind the rows table at `path` are written."""
+    return path.with_name(f"{path.stem}_responses.parquet")
 
 
 def reusable(path: Path, prompts: PromptSet, samples: int) -> pd.DataFrame | None:
@@ -143,6 +159,7 @@ def _kept(
     return dataclasses.replace(prompt_set, items=items, sha256=prompts_sha256(items))
 
 
-def _write_on_main(rows: pd.DataFrame, path: Path) -> None:
+def _write_on_main(rows: pd.DataFrame, responses: pd.DataFrame, path: Path) -> None:
     if PartialState().is_main_process:
+        write_responses(responses, responses_file(path))
         write_csv(rows, path)
