@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -200,7 +201,7 @@ def lora_run(location: str, out: Path) -> None:
 
 
 def main(engine: str, location: str, out: Path) -> None:
-    dist.init_process_group("gloo")
+    dist.init_process_group("gloo", timeout=timedelta(seconds=120))  # a stuck rank errors
     rank = dist.get_rank()
     torch.manual_seed(0)
     plain = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32)

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.launch import free_port, run_launch
 
 pytestmark = pytest.mark.slow
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -29,10 +30,13 @@ def two_processes(*argv: str, launcher: list[str] | None = None, code: int = 0) 
     with `code` (0: success; 1: any failure)."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    launcher = launcher or [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    done = subprocess.run(
-        [*launcher, str(WORKER), *argv], env=env, capture_output=True, text=True, timeout=300
-    )
+    port = str(free_port())
+    if launcher is None:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        launcher += ["--master_port", port]
+    else:
+        launcher = [*launcher, "--main_process_port", port]
+    done = run_launch([*launcher, str(WORKER), *argv], env)
     assert (done.returncode != 0) == bool(code), (done.stdout + done.stderr)[-4000:]
 
 

@@ -25,6 +25,7 @@ from layerpolicy.engine import Engine
 from layerpolicy.errors import LayerpolicyError, RunDirectoryError
 from layerpolicy.parallel import Shard, current_shard
 from layerpolicy.prompts import load_prompts
+from tests.launch import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -145,7 +146,7 @@ def _launch(model_dir: Path, out: Path) -> subprocess.Popen:
         "--dynamo_backend",
         "no",
         "--main_process_port",
-        str(29500 + os.getpid() % 1000),
+        str(free_port()),
         str(BIN / "layerpolicy"),
         "entropy",
         "--model",

@@ -112,4 +112,3 @@ def test_half_precision_readouts_are_float32_with_and_without_gradients(tiny_dir
     assert unembed.weight.grad is not None and unembed.weight.grad.dtype == torch.bfloat16
     norm = find_final_norm(model.hf_model)
     assert norm.weight.grad is not None
-

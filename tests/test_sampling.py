@@ -256,8 +256,9 @@ def test_vllm_is_asked_for_pure_sampling_with_a_seed_per_response(tiny_models, m
         def generate(self, prompts, params, use_tqdm):
             calls["prompts"], calls["params"] = prompts, params
             done = types.SimpleNamespace(token_ids=[9, 8], finish_reason="stop", stop_reason=None)
-            cut = types.SimpleNamespace(token_ids=[9, stops[0], 4], finish_reason="stop",
-                                        stop_reason=None)
+            cut = types.SimpleNamespace(
+                token_ids=[9, stops[0], 4], finish_reason="stop", stop_reason=None
+            )
             return [types.SimpleNamespace(outputs=[o]) for o in (done, cut)]
 
     fake = types.ModuleType("vllm")
@@ -270,13 +271,15 @@ def test_vllm_is_asked_for_pure_sampling_with_a_seed_per_response(tiny_models, m
     assert calls["prompts"] == [{"prompt_token_ids": [1, 2]}, {"prompt_token_ids": [3]}]
     for params, s in zip(calls["params"], samples, strict=True):
         assert {k: params[k] for k in ("temperature", "top_p", "top_k", "min_p")} == {
-            "temperature": 0.8, "top_p": 1.0, "top_k": 0, "min_p": 0.0
+            "temperature": 0.8,
+            "top_p": 1.0,
+            "top_k": 0,
+            "min_p": 0.0,
         }
         assert (params["repetition_penalty"], params["presence_penalty"]) == (1.0, 0.0)
         assert params["frequency_penalty"] == 0.0 and params["max_tokens"] == 5
         assert params["seed"] == prompt_seed(4, s.prompt_id)
     assert [s.response_ids for s in samples] == [(9, 8, stops[0]), (9, stops[0])]
-
 
 
 def test_run_json_records_what_was_sampled_and_how(tiny_models, tmp_path):

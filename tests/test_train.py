@@ -29,6 +29,7 @@ from layerpolicy.config import ModelConfig
 from layerpolicy.errors import LayerpolicyError, PromptSourceError, RunDirectoryError
 from layerpolicy.readout.layer_policy import layer_token_stats
 from layerpolicy.spec import RunSpec
+from tests.launch import free_port
 from tests.reference import plain_model as reference_model
 from tests.training import FAST, K, one_line_error, parity_reward
 
@@ -302,14 +303,6 @@ def test_train_cli_end_to_end_with_analysis_and_hf_checkpoints(tiny_dirs, tmp_pa
     assert set(record["entropy_at_k"]["after"]) >= {"dh_mlp_ci", "policy_entropy_ci"}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _artifacts(run: Path) -> set[str]:
     """Files of a run; the Trainer's RNG state files (one per process) count as one."""
     return {
@@ -335,7 +328,7 @@ def test_two_processes_finish_and_write_the_same_artifacts_as_one(tiny_dirs, tmp
     assert single.returncode == 0, single.stderr[-2000:]
     # torch's launcher (accelerate's --multi_gpu) starts the 2 processes; --device cpu makes
     # them a gloo (MULTI_CPU) group. accelerate's --cpu alone starts 1 process without mpirun.
-    port = str(_free_port())
+    port = str(free_port())
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
               "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
               "--dynamo_backend", "no", "--main_process_port", port, script]  # fmt: skip
