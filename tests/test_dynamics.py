@@ -5,7 +5,6 @@ BuPO, two processes, and bad input."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,6 +26,7 @@ from layerpolicy.models import load_model
 from layerpolicy.prompts import PromptItem
 from layerpolicy.responses import read_responses
 from layerpolicy.spec import RunSpec
+from tests.launch import free_port, run_launch
 from tests.reference import plain_model, reference_vectors
 from tests.training import FAST as TRAIN_FAST
 from tests.training import parity_reward
@@ -177,10 +177,11 @@ def test_two_processes_write_one_table(tiny_dirs, tmp_path):
     env["PYTHONPATH"] = os.pathsep.join([str(script.parents[1]), env.get("PYTHONPATH", "")])
     accelerate = Path(sys.executable).parent / "accelerate"
     command = [
-        str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", str(script),
-        str(tiny_dirs["qwen2"]), str(tmp_path),
+        str(accelerate), "launch", "--multi_gpu", "--num_processes", "2",
+        "--main_process_port", str(free_port()), str(script), str(tiny_dirs["qwen2"]),
+        str(tmp_path),
     ]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    done = run_launch(command, env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     table = pd.read_parquet(tmp_path / "run" / "dynamics.parquet")
     assert sorted(table.step.unique()) == [0, 1, 2]
