@@ -1,0 +1,60 @@
+"""BuPO under DeepSpeed ZeRO-3: 2 CPU processes on gloo (torchrun, DeepSpeed's CPU accelerator),
+a tiny Qwen2 (k = 2 of 4), every parameter sharded (tests/deepspeed_worker.py).
+
+accelerate never selects DeepSpeed with `use_cpu`, so the worker calls `deepspeed.initialize`
+itself and drives BupoTrainer's log-probs through the engine: in phase 1 (TRL's fused LM head
+gathering the sharded head) and phase 2 the log-probs equal the single-process ones on the
+gathered weights and the gradients agree to float32 rounding; the blocks above k and the final
+norm get no gradient, and every parameter is still a released ZeRO-3 shard after both phases;
+the layer statistics (the LM head gathered) equal the single-process ones.
+ZeRO-3's optimizer steps flat partitions, so a parameter without a gradient is still decayed:
+without weight decay the phase-1 step leaves exactly the blocks above k and the final norm
+bitwise unchanged, with it every nonzero one of them moves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.launch import free_port, run_launch
+
+pytestmark = pytest.mark.slow
+WORKER = Path(__file__).with_name("deepspeed_worker.py")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_zero3(location: Path, out: Path, weight_decay: float) -> dict:
+    """The worker's figures from a 2-process ZeRO-3 run (fails with the tail of its output)."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    env |= {
+        "DS_ACCELERATOR": "cpu",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
+    }
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    launcher += ["--master_port", str(free_port())]
+    done = run_launch([*launcher, str(WORKER), str(location), str(out), str(weight_decay)], env)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return json.loads((out / "deepspeed.json").read_text())
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_zero3_phase_one_log_probs_grads_and_frozen_blocks(weight_decay, tiny_dirs, tmp_path):
+    figures = run_zero3(tiny_dirs["qwen2"], tmp_path, weight_decay)
+    for phase in ("phase1", "phase2"):
+        assert figures[phase]["max_logp_difference"] <= 1e-6
+        assert figures[phase]["max_relative_grad_difference"] <= 1e-5
+    # phase 1 reaches blocks 1..k, the embedding and the LM head; phase 2 everything
+    assert figures["phase1"]["params_with_grad"] < figures["phase2"]["params_with_grad"]
+    assert figures["max_stats_difference"] <= 1e-5
+    above_k, unchanged = set(figures["above_k"]), set(figures["unchanged_by_phase1"])
+    assert above_k
+    if weight_decay == 0.0:
+        assert unchanged == above_k
+    else:  # decoupled decay of the flat partition; only all-zero weights (biases) stay put
+        assert unchanged == above_k & set(figures["all_zero"])
+        assert unchanged < above_k
