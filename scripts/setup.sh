@@ -18,5 +18,8 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   "$PY" -m pip install --quiet "$TORCH_SPEC"
 fi
 "$PY" -m pip install --quiet -e ".[dev]"
+# DeepSpeed for the ZeRO-3 tests: its source package imports torch while building, so it is
+# built against the torch above (no isolated build that could fetch another torch); no ops compiled.
+DS_BUILD_OPS=0 "$PY" -m pip install --quiet --no-build-isolation "deepspeed==0.19.8"
 "$PY" -m ipykernel install --sys-prefix --name python3 >/dev/null
 echo "layerpolicy installed in $VENV"
