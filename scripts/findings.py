@@ -18,6 +18,7 @@ from layerpolicy.runs import read_json
 from layerpolicy.tables.reading import reading
 
 from .findings_bupo import render_bupo
+from .findings_correctness import render_correctness
 from .findings_format import (
     COMPARISON,
     READOUTS,
@@ -62,6 +63,7 @@ def render_findings(figures_dir: Path) -> str:
         *_readings(comparison),
         _paper_contrast(record, comparison),
         *_profiles(record),
+        *render_correctness(record, figures_dir),
         "### BuPO before and after",
         *render_bupo(record["bupo"], comparison, figures_dir, record["prompts"]["title"]),
     ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .findings_correctness import correctness_files
 from .findings_format import COMPARE_OUTPUT, ENTROPY_OUTPUT, RECORD, TERMINAL_WIDTH, thinking_phrase
 
 FIGURE_TEXT = {  # figure name -> what figures/README.md says it shows
@@ -118,6 +119,7 @@ def render_figures_readme(record: dict[str, Any]) -> str:
         "- `bupo_difference.csv`: after − before entropy and entropy change per site and layer, "
         "approx. 95% CI.",
         "- `bupo_train_log.csv`: the BuPO training log, one row per rollout.",
+        *correctness_files(record),
         f"- `{RECORD}`: the facts of every run above (models, problems, sampling, scored tokens, "
         "timings, commands, the BuPO run's reward and entropies at k).",
         f"- `{ENTROPY_OUTPUT}`, `{COMPARE_OUTPUT}`: the README's Quick tour outputs, rendered by "

@@ -34,6 +34,7 @@ from layerpolicy.report.figures import bupo_figures, family_figures
 from layerpolicy.runs import atomic_path, read_json, write_json
 from layerpolicy.spec import RunSpec, check_settings
 
+from .figures_correctness import correctness_facts
 from .figures_record import BupoRun, bupo_facts, run_record, write_tables
 from .findings_files import render_figures_readme
 from .findings_format import RECORD
@@ -89,7 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     written += bupo_figures(bupo.record, bupo.log, bupo.before, bupo.after, out)
     write_tables(raw, lens, bupo, out)
     facts = bupo_facts(bupo, shlex.join(train_argv(bupo.path)))
+    by_correct = correctness_facts(dict(zip(FAMILIES, raw.runs.values(), strict=True)), out)
     record = {**run_record(FAMILIES, raw, lens, facts, written), "quick_tour": tour}
+    record["by_correct"] = by_correct
     write_json(record, out / RECORD)
     with atomic_path(out / "README.md") as tmp:
         tmp.write_text(render_figures_readme(record))
