@@ -6,7 +6,9 @@ itself and drives BupoTrainer's log-probs through the engine: in phase 1 (TRL's 
 gathering the sharded head) and phase 2 the log-probs equal the single-process ones on the
 gathered weights and the gradients agree to float32 rounding; the blocks above k and the final
 norm get no gradient, and every parameter is still a released ZeRO-3 shard after both phases;
-the layer statistics (the LM head gathered) equal the single-process ones.
+the layer statistics (a plain forward calling the LM head module, then the head gathered), run
+before each step as in a run, equal the single-process ones and leave that step's backward
+working (the head registered as an external parameter of the causal LM).
 ZeRO-3's optimizer steps flat partitions, so a parameter without a gradient is still decayed:
 without weight decay the phase-1 step leaves exactly the blocks above k and the final norm
 bitwise unchanged, with it every nonzero one of them moves.

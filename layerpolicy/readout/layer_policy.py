@@ -113,8 +113,10 @@ def layer_token_stats(
     input_ids, attention_mask [B, P + C] (prompt left-padded, completion right-padded);
     logits_to_keep = C. Returns [B, C] float32 tensors (nats) for the next-token distributions
     at the completion positions: entropy_final, entropy_layer, kl_layer_final. Both policies use
-    the rollout temperature, as the trainer's ratios do.
+    the rollout temperature, as the trainer's ratios do. Under DeepSpeed ZeRO-3 the LM head
+    becomes an external parameter of the causal LM (`_head_external_under_zero3`).
     """
+    _head_external_under_zero3(model)
     outputs = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -156,11 +158,34 @@ def _decoder(hf_model: torch.nn.Module) -> torch.nn.Module:
     return decoder
 
 
+def _head_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The LM head's weight and bias (if any)."""
+    head = base_causal_lm(model).get_output_embeddings()
+    return [p for p in (head.weight, getattr(head, "bias", None)) if p is not None]
+
+
+def _head_external_under_zero3(model: torch.nn.Module) -> None:
+    """Under DeepSpeed ZeRO-3, register the LM head's parameters as external parameters of the
+    causal LM, so ZeRO gathers them for its every forward and backward (nothing otherwise).
+
+    TRL's fused head reads the head's weight in the causal LM's forward without calling the
+    head module; DeepSpeed registers such a parameter itself only if it finds it released
+    there. A forward that calls the head module (this one) puts the head in ZeRO-3's module
+    trace, whose prefetch then gathers the weight before TRL reads it: it is not registered,
+    nothing gathers it for the backward, and the gradient meets the released shard.
+    """
+    params = _head_params(model)
+    if any(hasattr(p, "ds_status") for p in params):
+        import deepspeed
+
+        for param in params:
+            deepspeed.zero.register_external_parameter(base_causal_lm(model), param)
+
+
 def _full_head(model: torch.nn.Module) -> Any:
     """A context in which the LM head's weight is whole: gathered under DeepSpeed ZeRO-3,
     unsharded under FSDP2; a null context otherwise."""
-    head = base_causal_lm(model).get_output_embeddings()
-    params = [p for p in (head.weight, getattr(head, "bias", None)) if p is not None]
+    params = _head_params(model)
     if any(hasattr(p, "ds_status") for p in params):
         import deepspeed
 
