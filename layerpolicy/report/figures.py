@@ -1,22 +1,42 @@
-"""The README's figure set: a family comparison under two readouts and one BuPO run, as PNGs.
+"""The README's figure set: a family comparison under two readouts and BuPO against GRPO, as PNGs.
 
 Per model (named by its family label): the entropy profile with the RMS-norm panel and ln|V|,
 and the module entropy changes coloured by sign; all models on relative depth under the raw
-readout and under the logit lens, and their module entropy changes; for the BuPO run its
-training log and the after − before entropy profile.
+readout and under the logit lens, and their module entropy changes. For the training runs
+(`showcase_figures`): their reward per rollout on one axis, and per run the after − before
+entropy profile and the training dynamics (`layerpolicy.plots.dynamics`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .. import plots
+from ..plots.base import _new_figure, _style
+from ..plots.dynamics import plot_dynamics
 from ..tables.difference import difference
+
+_COLOURS = ("C0", "C1", "C2", "C3")  # one per training run on a shared axis
+
+
+@dataclass(frozen=True)
+class TrainedTables:
+    """A finished training run's tables: `record` its run.json (method, model, layer k), `log`
+    its training log (one row per rollout), `before`, `after` the summary tables of its two
+    analyses, `dynamics` its dynamics.parquet table."""
+
+    record: Mapping[str, Any]
+    log: pd.DataFrame
+    before: pd.DataFrame
+    after: pd.DataFrame
+    dynamics: pd.DataFrame
 
 
 def family_figures(
@@ -43,27 +63,51 @@ def family_figures(
     return save_png(drawn, out)
 
 
-def bupo_figures(
-    record: Mapping[str, Any],
-    log: pd.DataFrame,
-    before: pd.DataFrame,
-    after: pd.DataFrame,
-    out: Path,
-) -> list[Path]:
-    """The training log and the after − before entropy profile of a BuPO run.
+def showcase_figures(runs: Mapping[str, TrainedTables], out: Path) -> list[Path]:
+    """BuPO against GRPO: both runs' reward per rollout on one axis, and per run its after −
+    before entropy profile and its training dynamics.
 
-    `record`: the run's run.json (method, model name, layer k for the titles); `log`: its
-    training log; `before`, `after`: the summary tables of its two analyses.
+    `runs`: each run's tables by label (e.g. "bupo", "grpo"), the BuPO run first. Files
+    `showcase_reward.png`, `showcase_difference_<label>.png`, `showcase_dynamics_<label>.png`.
     """
-    k = record["layer"]["k"]
-    title = f"{record['method']} · {record['model']['name']} · k = {k}"
-    drawn = {
-        "bupo_training_log": plots.plot_training_log(log, title=title),
-        "bupo_difference": plots.plot_difference(
-            difference(before, after), title=f"entropy, after − before · {title}"
-        ),
-    }
+    logs = {run.record["method"]: run.log for run in runs.values()}
+    drawn = {"showcase_reward": plot_reward_by_run(logs)}
+    for label, run in runs.items():
+        record = run.record
+        title = f"{record['method']} · {record['model']['name']} · k = {record['layer']['k']}"
+        drawn[f"showcase_difference_{label}"] = plots.plot_difference(
+            difference(run.before, run.after), title=f"entropy, after − before · {title}"
+        )
+        drawn[f"showcase_dynamics_{label}"] = plot_dynamics(run.dynamics, title=title)
     return save_png(drawn, out)
+
+
+def plot_reward_by_run(logs: Mapping[str, pd.DataFrame]) -> Figure:
+    """Mean reward per rollout (`reward_mean` against `step`) of each training log, labelled by
+    its key; the rollouts of a log's IPA phase ("inter") shaded in its line's colour."""
+    with _style():
+        fig, ax = _new_figure(figsize=(7.0, 3.6))
+        for colour, (label, log) in zip(_COLOURS, logs.items(), strict=False):
+            log = log.sort_values("step")
+            ax.plot(
+                log["step"], log["reward_mean"], marker="o", markersize=3, color=colour, label=label
+            )
+            inter = log.loc[log["phase"] == "inter", "step"]
+            if len(inter):
+                ax.axvspan(
+                    inter.min() - 0.5,
+                    inter.max() + 0.5,
+                    color=colour,
+                    alpha=0.12,
+                    linewidth=0,
+                    label=f"{label}: IPA rollouts (π^k)",
+                )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("rollout")
+        ax.set_ylabel("mean reward of the rollout")
+        ax.legend(fontsize="small")
+        ax.set_title("reward per rollout")
+    return fig
 
 
 def save_png(drawn: Mapping[str, Figure], out: Path) -> list[Path]:
