@@ -1,13 +1,13 @@
 """The data behind the README's figures: the tables written into figures/ and record.json's facts.
 
 record.json holds the facts of every run that the README's generated blocks quote (models,
-problems, sampling, scored tokens, timings, commands, the BuPO run's reward and entropies at k);
-the tables are the rows the figures draw, rounded to DIGITS.
+problems, sampling, scored tokens, timings, commands, and under "showcase" the training runs'
+facts from scripts/figures_showcase.py); the tables are the rows the figures draw, rounded to
+DIGITS.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,6 @@ from layerpolicy.comparison import CompareResult
 from layerpolicy.models.registry import PACKAGED_MODELS
 from layerpolicy.prompts.sources import NAMED_SETS
 from layerpolicy.runs import RunDirectory, read_json, write_csv
-from layerpolicy.tables.difference import difference
 
 from .tour import shown
 
@@ -29,19 +28,8 @@ FIGURE_ROWS = {  # metric -> sites whose summary rows the figures draw
 DIGITS = 4  # decimals of the tables written
 
 
-@dataclass
-class BupoRun:
-    """The BuPO run's record, training log and before/after entropy summaries."""
-
-    path: Path
-    record: dict[str, Any]
-    log: pd.DataFrame
-    before: pd.DataFrame
-    after: pd.DataFrame
-
-
-def write_tables(raw: CompareResult, lens: CompareResult, bupo: BupoRun, out: Path) -> None:
-    """summary.csv, comparison.csv, bupo_difference.csv and bupo_train_log.csv."""
+def write_tables(raw: CompareResult, lens: CompareResult, out: Path) -> None:
+    """summary.csv and comparison.csv of the family comparison."""
     summaries = [*raw.summaries.values(), *lens.summaries.values()]
     rows = pd.concat(
         [
@@ -54,20 +42,18 @@ def write_tables(raw: CompareResult, lens: CompareResult, bupo: BupoRun, out: Pa
     write_csv(rows.round(DIGITS), out / "summary.csv")
     comparison = pd.concat([raw.comparison, lens.comparison], ignore_index=True)
     write_csv(comparison.drop(columns=["run"]), out / "comparison.csv")
-    diff = difference(bupo.before, bupo.after)
-    write_csv(diff[diff.metric.isin(["entropy", "entropy_change"])], out / "bupo_difference.csv")
-    write_csv(bupo.log.round(DIGITS), out / "bupo_train_log.csv")
 
 
 def run_record(
     families: tuple[str, ...],
     raw: CompareResult,
     lens: CompareResult,
-    bupo: dict[str, Any],
+    showcase: dict[str, Any],
     written: list[Path],
 ) -> dict[str, Any]:
-    """record.json: the facts of every run that the README's generated blocks quote (`bupo`:
-    the BuPO run's, from `bupo_facts`), the analyses of `raw` and `lens` labelled `families`."""
+    """record.json: the facts of every run that the README's generated blocks quote (`showcase`:
+    the training runs', from `showcase_facts`), the analyses of `raw` and `lens` labelled
+    `families`."""
     first = read_json(next(iter(raw.runs.values())) / "run.json")
     prompts, named = first["prompts"], NAMED_SETS.get(first["prompts"]["source"])
     return {
@@ -88,7 +74,7 @@ def run_record(
             for family, name in zip(families, raw.runs, strict=True)
         },
         "figures": [p.name for p in written],
-        "bupo": bupo,
+        "showcase": showcase,
     }
 
 
@@ -110,29 +96,4 @@ def model_facts(raw_run: Path, lens_run: Path) -> dict[str, Any]:
         "truncated_prompts": raw.get("truncated_prompts", 0),
         "seconds": {"raw": raw["timings"]["score_s"], "logit-lens": lens["timings"]["score_s"]},
         "runs": {"raw": shown(str(raw_run)), "logit-lens": shown(str(lens_run))},
-    }
-
-
-def bupo_facts(bupo: BupoRun, command: str) -> dict[str, Any]:
-    """The BuPO run's settings, prompts, screen, layer k, reward and entropies at k, and the
-    `command` that trains it."""
-    record = bupo.record
-    info = read_json(bupo.path / "before" / "run.json")["model"]  # with device, quantisation
-    packaged = PACKAGED_MODELS.get(info["name"])
-    analyses = {}
-    for when, summary in (("before", bupo.before), ("after", bupo.after)):
-        final = summary[(summary.site == "final") & (summary.metric == "entropy")].iloc[0]
-        analyses[when] = {"n_prompts": int(final.n_prompts), "n_tokens": int(final.n_tokens)}
-    return {
-        "run": shown(str(bupo.path)),
-        "method": record["method"],
-        "model": {
-            **{key: info.get(key) for key in ("name", "quantisation", "device", "n_layers")},
-            "hub_id": packaged.hf_name if packaged else None,
-        },
-        **{key: record.get(key) for key in ("prompts", "screen", "settings", "layer", "reward")},
-        "entropy_at_k": record.get("entropy_at_k"),
-        "train_s": record["timings"]["train_s"],
-        "analyses": analyses,
-        "command": command,
     }

@@ -16,7 +16,8 @@ import pandas as pd
 from layerpolicy.tables.schema import COMPARISON_INT_COLUMNS, COMPARISON_TEXT_COLUMNS
 
 RECORD, COMPARISON, SUMMARY = "record.json", "comparison.csv", "summary.csv"
-BUPO_DIFFERENCE = "bupo_difference.csv"
+SHOWCASE, SHOWCASE_LOG = "showcase.csv", "showcase_train_log.csv"
+SHOWCASE_DIFFERENCE = "showcase_difference.csv"
 ENTROPY_OUTPUT, COMPARE_OUTPUT = "entropy_output.txt", "compare_output.txt"
 TERMINAL_WIDTH = 100  # columns of the terminal the Quick tour's outputs are rendered for
 READOUTS = {"raw": "raw", "logit-lens": "logit lens"}

@@ -6,8 +6,9 @@ their GGUF files. Under the paper's protocol (`protocol()`): each model's own re
 the first `--limit` MATH-500 problems, sampled at T = 1 with nothing but the temperature,
 no-thinking template, response tokens scored; the raw readout at every site and the logit lens on
 the residual stream, through `layerpolicy.comparison` and its run cache, so a finished run is
-loaded, not recomputed. The BuPO figures come from the run in `--bupo-run` (runs/bupo-smollm2),
-trained here as BUPO_SPEC says when it is missing and resumed when it is unfinished.
+loaded, not recomputed. The BuPO-against-GRPO showcase comes from two training runs in `--runs`
+(showcase-bupo/ and showcase-grpo/), trained here as SHOWCASE says when missing and resumed when
+unfinished.
 
 Writes into `--out` (figures/): PNGs (`layerpolicy.report.figures`), the tables and record.json
 (scripts/figures_record.py), the Quick tour's outputs (scripts/tour.py) and README.md
@@ -24,18 +25,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 import layerpolicy as lp
-from layerpolicy.bupo.log import LOG_NAME
 from layerpolicy.comparison import CompareResult, compare
 from layerpolicy.config import AnalysisConfig, ModelConfig, PromptConfig
-from layerpolicy.report.figures import bupo_figures, family_figures
+from layerpolicy.report.figures import family_figures, showcase_figures
 from layerpolicy.runs import atomic_path, read_json, write_json
 from layerpolicy.spec import RunSpec, check_settings
 
 from .figures_correctness import correctness_facts
-from .figures_record import BupoRun, bupo_facts, run_record, write_tables
+from .figures_record import run_record, write_tables
+from .figures_showcase import ShowcaseRun, showcase_facts, write_showcase_tables
 from .findings_files import render_figures_readme
 from .findings_format import RECORD
 from .readme_blocks import check_markers, update_readme
@@ -46,30 +45,36 @@ SEED = 0
 LIMIT = 24  # MATH-500 problems per model
 GENERATE = 192  # most response tokens per problem
 BATCH = 16  # problems per sampling call and per scored batch
-# The short BuPO run behind the README (runs/bupo-smollm2/run.json records its settings;
-# `bupo_record` refuses a finished run trained with others).
-BUPO_SPEC = RunSpec(
-    ModelConfig("smollm2-135m-instruct", dtype="float32"),
-    PromptConfig("builtin", limit=48),
+# The README's showcase: BuPO against plain GRPO at equal budget on the builtin problems that
+# Qwen2.5-Coder-0.5B-Instruct solves sometimes (RUNS/showcase-*/run.json records the settings;
+# `finished_record` refuses a finished run trained with others).
+SHOWCASE_BUPO = RunSpec(
+    ModelConfig("qwen2.5-coder-0.5b-instruct", device="cpu", offline=True),
+    PromptConfig("builtin", limit=24),
     train=lp.TrainConfig(
-        steps=20,
-        inter_steps=4,
-        # SmolLM2 has no exploration region of ΔH_mlp under the raw readout, so the
-        # boundary-layer rule gives no k: it is given.
-        layer=4,
-        group_size=8,
+        steps=10,
+        inter_steps=3,
+        # The boundary-layer rule on Qwen's raw readout gives k = 1, whose policy is nearly
+        # uniform: k is given.
+        layer=6,
+        group_size=4,
         prompts_per_step=2,
-        mini_batches=4,
-        max_new_tokens=96,
+        mini_batches=2,
+        max_new_tokens=160,
         lr=1e-5,
         seed=SEED,
         save_every=2,
         analyse=True,
-        analysis_prompts=8,
-        screen_samples=8,  # the screen keeps the builtin problems SmolLM2 solves sometimes
-        eval_samples=8,
+        analysis_prompts=4,
+        screen_samples=4,  # keeps the builtin problems the base model solves sometimes
+        eval_samples=4,
+        monitor_every=6,
     ),
 )
+SHOWCASE = {  # label -> spec of the run in --runs/showcase-LABEL; BuPO first
+    "bupo": SHOWCASE_BUPO,
+    "grpo": SHOWCASE_BUPO.replace(inter_steps=0),  # the same budget, every rollout on π_θ
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,18 +83,21 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     started = time.perf_counter()
     check_markers(args.readme.read_text())  # a missing marker stops here, before any run
-    bupo_record(args.bupo_run)  # so does a finished BuPO run with other settings
+    for label, spec in SHOWCASE.items():  # so does a finished run with other settings
+        finished_record(showcase_dir(args.runs, label), spec)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     raw, lens = family_runs(args)
     tour = quick_tour(raw, analysis_specs(args)["raw"], args.runs, out, FAMILIES)
-    bupo = bupo_run(args.bupo_run, args.device)
+    runs = showcase_runs(args.runs, args.device)
 
     vocab_sizes = raw.comparison.set_index("model")["vocab_size"].astype(int).to_dict()
     written = family_figures(FAMILIES, raw.summaries, lens.summaries, vocab_sizes, out)
-    written += bupo_figures(bupo.record, bupo.log, bupo.before, bupo.after, out)
-    write_tables(raw, lens, bupo, out)
-    facts = bupo_facts(bupo, shlex.join(train_argv(bupo.path)))
+    written += showcase_figures(runs, out)
+    write_tables(raw, lens, out)
+    paired = write_showcase_tables(runs, out)
+    commands = {label: shlex.join(train_argv(SHOWCASE[label], runs[label].path)) for label in runs}
+    facts = showcase_facts(runs, paired, commands)
     by_correct = correctness_facts(dict(zip(FAMILIES, raw.runs.values(), strict=True)), out)
     record = {**run_record(FAMILIES, raw, lens, facts, written), "quick_tour": tour}
     record["by_correct"] = by_correct
@@ -148,52 +156,63 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", type=Path, default=REPO / "figures", help="output directory")
     parser.add_argument(
-        "--runs", type=Path, default=REPO / "runs", help="run directories (cache/ inside)"
-    )
-    parser.add_argument(
-        "--bupo-run", type=Path, default=REPO / "runs" / "bupo-smollm2", help="BuPO run directory"
+        "--runs",
+        type=Path,
+        default=REPO / "runs",
+        help="run directories (cache/ and the training runs showcase-bupo/, showcase-grpo/ inside)",
     )
     parser.add_argument(
         "--readme", type=Path, default=REPO / "README.md", help="README whose blocks to rewrite"
     )
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto | cpu | cuda | mps (the showcase runs train on the CPU unless given)",
+    )
     return parser
 
 
-def bupo_run(path: Path, device: str) -> BupoRun:
-    """Load the finished BuPO run at `path` (trained as BUPO_SPEC says), or train it on `device`
-    (resuming an unfinished one)."""
-    record = bupo_record(path)
+def showcase_runs(runs: Path, device: str) -> dict[str, ShowcaseRun]:
+    """Both showcase runs by label (bupo, grpo): `trained_run` of each of SHOWCASE in `runs`."""
+    return {
+        label: trained_run(showcase_dir(runs, label), spec, device)
+        for label, spec in SHOWCASE.items()
+    }
+
+
+def showcase_dir(runs: Path, label: str) -> Path:
+    """The directory of SHOWCASE's run `label` in `runs`."""
+    return runs / f"showcase-{label}"
+
+
+def trained_run(path: Path, spec: RunSpec, device: str) -> ShowcaseRun:
+    """Load the finished run at `path` (trained as `spec` says), or train it (resuming an
+    unfinished one), on `device` unless that is auto (then on the spec's)."""
+    record = finished_record(path, spec)
     if record.get("status") != "complete":
-        lp.train(BUPO_SPEC.replace(device=device), out=path, resume=bool(record))
-        record = read_json(path / "run.json")
-    return BupoRun(
-        path=path,
-        record=record,
-        log=pd.read_parquet(path / f"{LOG_NAME}.parquet"),
-        before=lp.load_run(path / "before").summary,
-        after=lp.load_run(path / "after").summary,
-    )
+        spec = spec if device == "auto" else spec.replace(device=device)
+        lp.train(spec, out=path, resume=bool(record))
+    return ShowcaseRun.load(path)
 
 
-def bupo_record(path: Path) -> dict[str, Any]:
-    """run.json of the BuPO run at `path` ({} when there is none); raises when a finished run
-    was trained with other settings than BUPO_SPEC's (an unfinished one is checked on resume)."""
+def finished_record(path: Path, spec: RunSpec) -> dict[str, Any]:
+    """run.json of the training run at `path` ({} when there is none); raises when a finished
+    run was trained with other settings than `spec`'s (an unfinished one is checked on resume)."""
     record_path = path / "run.json"
     record = read_json(record_path) if record_path.is_file() else {}
     if record.get("status") == "complete":
         check_settings(
             record.get("settings", {}),
-            BUPO_SPEC.settings(BUPO_SPEC.prompts.load().sha256),
-            where=f"{shown(str(path))} holds a finished BuPO run",
-            fix="delete or move it to train one with make_figures' BUPO_SPEC",
+            spec.settings(spec.prompts.load().sha256),
+            where=f"{shown(str(path))} holds a finished training run",
+            fix="delete or move it to train one with make_figures' SHOWCASE spec",
         )
     return record
 
 
-def train_argv(out: Path) -> list[str]:
-    """The `layerpolicy train` command line that trains BUPO_SPEC into `out`."""
-    return [*BUPO_SPEC.to_argv(), "--out", shown(str(out))]
+def train_argv(spec: RunSpec, out: Path) -> list[str]:
+    """The `layerpolicy train` command line that trains `spec` into `out`."""
+    return [*spec.to_argv(), "--out", shown(str(out))]
 
 
 if __name__ == "__main__":
