@@ -1,8 +1,9 @@
 """The README's "What it finds" block, rendered from the files `make figures` writes into figures/.
 
 Pure: every renderer reads `figures_dir` only (record.json with the run facts, comparison.csv,
-summary.csv, bupo_difference.csv) and returns markdown: the protocol, the weights, the shape table,
-the readings, the paper's contrast, the figures and (scripts/findings_bupo.py) the BuPO run.
+summary.csv, showcase_difference.csv) and returns markdown: the protocol, the weights, the shape
+table, the readings, the paper's contrast, the figures and (scripts/findings_bupo.py) BuPO against
+GRPO.
 Entropies are in nats; comparison.csv's numbers are quoted as `layerpolicy compare` prints them,
 through `layerpolicy.tables.reading`.
 """
@@ -17,7 +18,7 @@ import pandas as pd
 from layerpolicy.runs import read_json
 from layerpolicy.tables.reading import reading
 
-from .findings_bupo import render_bupo
+from .findings_bupo import render_showcase
 from .findings_correctness import render_correctness
 from .findings_format import (
     COMPARISON,
@@ -64,8 +65,7 @@ def render_findings(figures_dir: Path) -> str:
         _paper_contrast(record, comparison),
         *_profiles(record),
         *render_correctness(record, figures_dir),
-        "### BuPO before and after",
-        *render_bupo(record["bupo"], comparison, figures_dir, record["prompts"]["title"]),
+        *render_showcase(record, figures_dir),
     ]
     return "\n\n".join(wrap(p) for p in parts if p)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .findings_bupo_files import SHOWCASE_FIGURE_TEXT, showcase_files, showcase_section
 from .findings_correctness import correctness_files
 from .findings_format import COMPARE_OUTPUT, ENTROPY_OUTPUT, RECORD, TERMINAL_WIDTH, thinking_phrase
 
@@ -18,10 +19,7 @@ FIGURE_TEXT = {  # figure name -> what figures/README.md says it shows
     "compare_entropy": "residual entropy of both models on relative depth l/L (raw readout)",
     "compare_entropy_logit_lens": "the same with the logit lens (final norm applied first)",
     "compare_entropy_change": "ΔH_attn and ΔH_mlp of both models on relative depth",
-    "bupo_training_log": "BuPO training log (reward, entropies of π_θ and π^k, KL, loss, "
-    "clipping, gradient norm, response length); the IPA phase shaded",
-    "bupo_difference": "after − before entropy per layer of the BuPO run (resid, attn, mlp); "
-    "π_θ's change is in bupo_difference.csv (site final)",
+    **SHOWCASE_FIGURE_TEXT,
 }
 
 
@@ -29,7 +27,6 @@ def render_figures_readme(record: dict[str, Any]) -> str:
     """figures/README.md: what was run, on what, with which settings, and every file."""
     models = [record["models"][f] for f in record["families"]]
     prompts, sampling, stats = record["prompts"], record["sampling"], record["statistics"]
-    bupo, train = record["bupo"], record["bupo"]["settings"]
     where = (
         f"{'a local copy of' if prompts['local_copy'] else 'read from'} `{prompts['dataset']}`, "
         f"{prompts['split']} split; "
@@ -81,47 +78,16 @@ def render_figures_readme(record: dict[str, Any]) -> str:
         + ".",
         f"- Same runs as `{record['quick_tour']['compare']['command']}`.",
         "",
-        "## BuPO run",
-        "",
-        f"- {bupo['method']} on {bupo['model']['name']}, {train['steps']} rollouts "
-        f"(s_inter = {train['inter_steps']} on π^k, then GRPO on π_θ), k = {bupo['layer']['k']} "
-        f"({bupo['layer']['reason']}).",
-        f"- Prompts: {bupo['prompts']['n_prompts']} of `{bupo['prompts']['source']}`; "
-        + (
-            f"screened with {bupo['screen']['samples']} samples each from the base model (seed "
-            f"{bupo['screen']['seed']}), the {bupo['screen']['n_kept']} solved sometimes trained "
-            "on (`screen.csv` in the run)."
-            if bupo["screen"]
-            else "not screened."
-        ),
-        f"- {train['prompts_per_step']} prompts per rollout × G = {train['group_size']} "
-        f"responses of up to {train['max_new_tokens']} tokens, lr {train['lr']}, "
-        f"{train['mini_batches']} optimizer steps per rollout, seed {train['seed']}; "
-        f"{bupo['train_s'] / 60:.1f} min of training on {bupo['model']['device']}.",
-        "- Reward before/after: "
-        + (
-            f"{bupo['reward']['samples']} samples per trained prompt from the base and the "
-            f"trained model (seed {bupo['reward']['seed']}); mean over prompts of per-prompt "
-            "solve rates with 95% bootstrap CIs, after − before paired by prompt."
-            if "difference" in bupo["reward"]
-            else "not evaluated (eval_samples = 0)."
-        ),
-        f"- Before/after profiles: each model's own sampled responses to the first "
-        f"{bupo['analyses']['before']['n_prompts']} trained prompts, response tokens only (raw "
-        "readout).",
-        f"- Same run as `{bupo['command']}`.",
-        "",
+        *showcase_section(record),
         "## Files",
         "",
         *[f"- `{name}`: {FIGURE_TEXT[Path(name).stem]}" for name in record["figures"]],
         "- `summary.csv`: the summary rows these figures draw (docs/tables.md layout, rounded).",
         "- `comparison.csv`: shape statistics per model and readout (docs/shape.md).",
-        "- `bupo_difference.csv`: after − before entropy and entropy change per site and layer, "
-        "approx. 95% CI.",
-        "- `bupo_train_log.csv`: the BuPO training log, one row per rollout.",
+        *showcase_files(),
         *correctness_files(record),
         f"- `{RECORD}`: the facts of every run above (models, problems, sampling, scored tokens, "
-        "timings, commands, the BuPO run's reward and entropies at k).",
+        "timings, commands, the training runs' rewards and entropies at k).",
         f"- `{ENTROPY_OUTPUT}`, `{COMPARE_OUTPUT}`: the README's Quick tour outputs, rendered by "
         f"the CLI's own code on the cached runs at {TERMINAL_WIDTH} columns.",
     ]
