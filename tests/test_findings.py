@@ -25,7 +25,7 @@ import layerpolicy.bupo
 import layerpolicy.bupo.run
 from layerpolicy.comparison import cache_name
 from layerpolicy.errors import LayerpolicyError, RunDirectoryError
-from layerpolicy.report.figures import bupo_figures, family_figures
+from layerpolicy.report.figures import TrainedTables, family_figures, showcase_figures
 from layerpolicy.runs import write_csv, write_json
 from layerpolicy.spec import RunSpec
 from layerpolicy.tables.schema import (
@@ -35,6 +35,7 @@ from layerpolicy.tables.schema import (
     SUMMARY_COLUMNS,
 )
 from scripts import findings, findings_files, make_figures, readme_blocks, tour
+from scripts.findings_bupo_files import SHOWCASE_FIGURE_TEXT
 from tests.test_plots import make_log, make_summary
 
 REPO = Path(__file__).resolve().parent.parent
@@ -108,8 +109,55 @@ def flat_findings(figures_dir: Path) -> str:
     return " ".join(findings.render_findings(figures_dir).split())
 
 
+def showcase_run(method: str, reward_ci: tuple[float, float], inter_steps: int) -> dict:
+    """One training run's facts as record.json's "showcase" holds them, with numbers chosen here
+    (BuPO's after − before entropies differ from GRPO's)."""
+    bupo = method == "BuPO"
+    after = (0.4167, 0.3333, 0.5) if bupo else (0.2917, 0.2, 0.375)
+    reward = {
+        "before": {"prompt_mean": 0.3125, "ci_low": 0.25, "ci_high": 0.375, "n_prompts": 9},
+        "after": {"prompt_mean": after[0], "ci_low": after[1], "ci_high": after[2],
+                  "n_prompts": 9},
+        "difference": {"mean": after[0] - 0.3125, "ci_low": reward_ci[0],
+                       "ci_high": reward_ci[1], "n_prompts": 9},
+        "samples": 4, "seed": 1, "function": "math_reward",
+        "verifier": {"name": "math-verify", "version": "0.9.0"},
+    }  # fmt: skip
+    at_k = {
+        when: {"policy_entropy": h, "policy_entropy_ci": [h - 0.1, h + 0.1],
+               "entropy_resid": r, "entropy_resid_ci": [r - 0.1, r + 0.1],
+               "dh_mlp": -2.4, "dh_mlp_ci": [-2.6, -2.2], "dh_attn": -1.2,
+               "dh_attn_ci": [-1.4, -1.0], "eic_mlp": "E1 I2-20 E21-24"}
+        for when, h, r in (("before", 1.9, 0.6), ("after", 1.5 if bupo else 1.7, 0.9))
+    }  # fmt: skip
+    return {
+        "method": method,
+        "model": {"name": QWEN, "hub_id": "Qwen/Qwen2.5-Coder-0.5B-Instruct",
+                  "quantisation": "Q4_K_M (dequantised to float32)", "device": "cpu",
+                  "n_layers": 24},
+        "prompts": {"source": "builtin", "n_prompts": 24},
+        "screen": {"samples": 4, "seed": 0, "n_kept": 9,
+                   "summary": {"never": 0.5, "sometimes": 0.375, "always": 0.125}},
+        "settings": {"steps": 10, "inter_steps": inter_steps, "prompts_per_step": 2,
+                     "group_size": 4, "max_new_tokens": 160, "temperature": 1.0,
+                     "mini_batches": 2, "lr": 1e-5, "seed": 0, "analysis_prompts": 4,
+                     "monitor_every": 6},
+        "layer": {"k": 6, "reason": "given: --layer 6"},
+        "train_s": 1500.0 if bupo else 1380.0,
+        "reward": reward,
+        "entropy_at_k": at_k,
+        "analyses": {"before": {"n_prompts": 4, "n_tokens": 612},
+                     "after": {"n_prompts": 4, "n_tokens": 588}},
+        "command": f"layerpolicy train --model {QWEN} --inter-steps {inter_steps} --layer 6",
+    }  # fmt: skip
+
+
 def built_figures(
-    directory: Path, *, reward_ci=(0.021, 0.187), abruptness=(0.38, 0.006), screen=True
+    directory: Path,
+    *,
+    reward_ci=(0.021, 0.187),
+    paired_ci=(0.02, 0.23),
+    abruptness=(0.38, 0.006),
 ) -> Path:
     """A figures/ directory as make_figures writes it, with numbers chosen here."""
     directory.mkdir()
@@ -148,32 +196,32 @@ def built_figures(
         ],
         columns=SUMMARY_COLUMNS,
     )  # fmt: skip
-    write_csv(summary, directory / "summary.csv")
+    resid = {"model": QWEN, "readout": "raw", "site": "resid", "layer": 1, "n_layers": 24,
+             "rel_depth": 1 / 24, "metric": "entropy", "n_prompts": 24, "n_tokens": 4321,
+             "mean": 11.52, "ci_low": 11.5, "ci_high": 11.54, "pooled_mean": 11.52}  # fmt: skip
+    write_csv(pd.concat([summary, pd.DataFrame([resid])]), directory / "summary.csv")
     diff = pd.DataFrame(
         [
-            ("final", 30, 30, 1.0, "entropy", 1.9, 1.5, -0.4, -0.55, -0.25),
-            ("resid", 4, 30, 0.133, "entropy", 0.6, 0.9, 0.3, 0.1, 0.5),
-            ("mlp", 4, 30, 0.133, "entropy_change", -2.4, -2.3, 0.1, -0.2, 0.4),
-            ("attn", 4, 30, 0.133, "entropy_change", -1.2, -1.3, -0.1, -0.3, 0.1),
+            (method, site, layer, 24, layer / 24, metric, 0.0, change, change, low, high)
+            for method, rows in (
+                ("BuPO", [("final", 24, "entropy", -0.4, -0.55, -0.25),
+                          ("resid", 6, "entropy", 0.3, 0.1, 0.5),
+                          ("mlp", 6, "entropy_change", 0.1, -0.2, 0.4),
+                          ("attn", 6, "entropy_change", -0.1, -0.3, 0.1)]),
+                ("GRPO", [("final", 24, "entropy", -0.2, -0.45, 0.05),
+                          ("resid", 6, "entropy", -0.3, -0.5, -0.1),
+                          ("mlp", 6, "entropy_change", 0.2, 0.05, 0.35),
+                          ("attn", 6, "entropy_change", 0.0, -0.2, 0.2)]),
+            )
+            for site, layer, metric, change, low, high in rows
         ],
-        columns=DIFFERENCE_COLUMNS,
-    )
-    write_csv(diff, directory / "bupo_difference.csv")
-    reward = {
-        "before": {"prompt_mean": 0.3125, "ci_low": 0.25, "ci_high": 0.375},
-        "after": {"prompt_mean": 0.4167, "ci_low": 0.3333, "ci_high": 0.5},
-        "difference": {"mean": 0.1042, "ci_low": reward_ci[0], "ci_high": reward_ci[1],
-                       "n_prompts": 12},
-        "samples": 8,
-        "seed": 1,
-    }  # fmt: skip
-    at_k = {
-        when: {"policy_entropy": h, "policy_entropy_ci": [h - 0.1, h + 0.1],
-               "entropy_resid": r, "entropy_resid_ci": [r - 0.1, r + 0.1],
-               "dh_mlp": -2.4, "dh_mlp_ci": [-2.6, -2.2], "dh_attn": -1.2,
-               "dh_attn_ci": [-1.4, -1.0], "eic_mlp": "C1-30"}
-        for when, h, r in (("before", 1.9, 0.6), ("after", 1.5, 0.9))
-    }  # fmt: skip
+        columns=["method", *DIFFERENCE_COLUMNS],
+    )  # fmt: skip
+    write_csv(diff, directory / "showcase_difference.csv")
+    showcase = {
+        label: showcase_run(method, reward_ci if method == "BuPO" else (-0.1, 0.05), inter)
+        for label, method, inter in (("bupo", "BuPO", 3), ("grpo", "GRPO", 0))
+    }
     model = {"thinking": None, "dtype": "float32", "device": "cpu", "responses": 24}
     record = {
         "families": ["qwen", "llama"],
@@ -181,7 +229,8 @@ def built_figures(
                     "split": "test", "local_copy": True, "sha256": "279b2a0322e3" + "0" * 52,
                     "n_problems": 24},
         "sampling": {"max_new_tokens": 192, "temperature": 1.0, "seed": 0,
-                     "distribution": "softmax(z / T), nothing else"},
+                     "distribution": "softmax(z / T), nothing else",
+                     "seeding": "one seed per response"},
         "statistics": {"n_boot": 1000, "seed": 0, "max_tokens": 1024},
         "models": {
             "qwen": {**model, "name": QWEN, "hub_id": "Qwen/Qwen2.5-Coder-0.5B-Instruct",
@@ -193,25 +242,12 @@ def built_figures(
                       "quantisation": "Q4_1 (dequantised to float32)", "response_tokens": 3876,
                       "responses_at_cap": 17, "seconds": {"raw": 480.0, "logit-lens": 45.0}},
         },
-        "bupo": {
-            "method": "BuPO",
-            "model": {"name": SMOL, "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
-                      "quantisation": "Q4_1 (dequantised to float32)", "device": "cpu",
-                      "n_layers": 30},
-            "prompts": {"source": "builtin", "n_prompts": 32},
-            "screen": {"samples": 8, "n_kept": 12,
-                       "summary": {"never": 0.5, "sometimes": 0.375, "always": 0.125}}
-            if screen else None,
-            "settings": {"steps": 40, "inter_steps": 4, "prompts_per_step": 4, "group_size": 8,
-                         "max_new_tokens": 96, "temperature": 1.0, "mini_batches": 2, "lr": 1e-5},
-            "layer": {"k": 4, "reason": "given: --layer 4"},
-            "train_s": 1500.0,
-            "reward": reward,
-            "entropy_at_k": at_k,
-            "analyses": {"before": {"n_prompts": 8, "n_tokens": 612},
-                         "after": {"n_prompts": 8, "n_tokens": 588}},
-            "command": "layerpolicy train --model smollm2-135m-instruct --layer 4",
+        "showcase": {
+            "runs": showcase,
+            "bupo_minus_grpo": {"mean": 0.125, "ci_low": paired_ci[0], "ci_high": paired_ci[1],
+                                "n_prompts": 9, "samples": 4, "file": "reward_after.csv"},
         },
+        "figures": ["compare_entropy.png", *(f"{name}.png" for name in SHOWCASE_FIGURE_TEXT)],
         "quick_tour": {
             "entropy": {"family": "llama", "command": "layerpolicy entropy --model m --limit 24"},
             "compare": {"command": "layerpolicy compare qwen llama --limit 24 --offline",
@@ -298,41 +334,97 @@ def test_findings_readings_and_contrast_come_from_the_numbers(tmp_path):
     ("ci", "word"),
     [
         ((0.021, 0.187), "rose"),
-        ((-0.05, 0.187), "did not change measurably (CI includes 0)"),
+        ((-0.05, 0.187), "did not change measurably"),
         ((-0.3, -0.01), "fell"),
     ],
 )
-def test_bupo_reward_word_follows_its_paired_interval(tmp_path, ci, word):
+def test_showcase_reward_words_follow_their_intervals(tmp_path, ci, word):
     flat = flat_findings(built_figures(tmp_path / "f", reward_ci=ci))
     reward = (
         f"| reward (mean of per-prompt solve rates) | 0.312 [0.250, 0.375] | 0.417 [0.333, 0.500] "
-        f"| +0.104 [{ci[0]:+.3f}, {ci[1]:+.3f}] | {word} |"
+        f"| +0.104 [{ci[0]:+.3f}, {ci[1]:+.3f}] | 0.312 [0.250, 0.375] | 0.292 [0.200, 0.375] "
+        "| -0.021 [-0.100, +0.050] |"
     )
     assert reward in flat
-    assert f"Over the 12 trained prompts the reward {word}: 0.312 before, 0.417 after" in flat
+    assert f"the reward {word} under BuPO and did not change measurably under GRPO;" in flat
 
 
-def test_bupo_section_states_settings_screen_layer_and_entropies(tmp_path):
-    flat = flat_findings(built_figures(tmp_path / "f"))
-    assert "BuPO on smollm2-135m-instruct, GGUF Q4_1 (dequantised to float32): 40 rollouts" in flat
-    assert "the first s_inter = 4 on the internal policy π^k" in flat
-    assert "4 prompts × G = 8 responses of at most 96 tokens at T = 1" in flat
-    assert "2 optimizer steps (lr 1e-05); 25 min of training on the CPU" in flat
-    assert "32 of the built-in arithmetic" in flat and "the 12 it solves sometimes" in flat
+@pytest.mark.parametrize(
+    ("ci", "word"),
+    [
+        ((0.02, 0.23), "higher after BuPO"),
+        ((-0.1, 0.23), "not measurably different (CI includes 0)"),
+        ((-0.3, -0.02), "higher after GRPO"),
+    ],
+)
+def test_bupo_minus_grpo_is_worded_from_its_paired_interval(tmp_path, ci, word):
+    flat = flat_findings(built_figures(tmp_path / "f", paired_ci=ci))
+    assert (
+        "BuPO − GRPO after training, paired by prompt over the 9 trained prompts (4 responses "
+        f"each from each trained model): +0.125 [{ci[0]:+.3f}, {ci[1]:+.3f}]; the reward is "
+        f"{word}."
+    ) in flat
+
+
+def test_showcase_section_states_settings_screen_layer_and_entropies(tmp_path):
+    figures = built_figures(tmp_path / "f")
+    text = findings.render_findings(figures)
+    flat = " ".join(text.split())
+    assert "### BuPO against GRPO" in text and "BuPO before and after" not in text
+    assert (
+        "BuPO against plain GRPO at equal budget, both from qwen2.5-coder-0.5b-instruct, "
+        "whose weights here are the packaged GGUF file, Q4_K_M (dequantised to float32), "
+        "not the original checkpoint"
+    ) in flat
+    assert (
+        "Both runs take 10 rollouts with the same settings and seed (0) and differ in "
+        "s_inter only: BuPO trains the internal policy π^k of layer k in its first "
+        "s_inter = 3 rollouts (IPA), then π_θ; GRPO (s_inter = 0) trains π_θ"
+    ) in flat
+    assert "2 prompts × G = 4 responses of at most 160 tokens at T = 1" in flat
+    assert "2 optimizer steps (lr 1e-05); training took 25 min and 23 min on the CPU" in flat
+    assert "by math-verify 0.9.0, else 0" in flat and "earlier reward" not in flat
+    assert "24 of the built-in arithmetic" in flat and "the 9 it solves sometimes" in flat
     assert "never 50%, always 12% of the prompts" in flat
-    assert "Layer k = 4 of 30 (given: --layer 4): on the MATH-500 responses above, its ΔH_mlp " \
-           "regions are C1-30 and the boundary-layer rule gives no k" in flat  # fmt: skip
-    assert "| H(π_θ) | 1.900 [1.800, 2.000] | 1.500 [1.400, 1.600] | -0.400 [-0.550, -0.250] " \
-           "| fell |" in flat  # fmt: skip
-    assert "| H(π^k), resid entropy at k = 4 | 0.600 [0.500, 0.700] | 0.900 [0.800, 1.000] " \
-           "| +0.300 [+0.100, +0.500] | rose |" in flat  # fmt: skip
-    assert "| ΔH_mlp at k = 4 | -2.400 [-2.600, -2.200] | -2.400 [-2.600, -2.200] | +0.100 " \
-           "[-0.200, +0.400] | did not change measurably (CI includes 0) |" in flat  # fmt: skip
-    assert "```bash\nlayerpolicy train --model smollm2-135m-instruct --layer 4\n```" in (
-        findings.render_findings(tmp_path / "f")
+    assert (
+        "Layer k = 6 of 24 (given: --layer 6): on the MATH-500 responses above, its ΔH_mlp "
+        "regions are E1 I2-16 E17-24 and the boundary-layer rule gives k = 1, whose "
+        "raw-readout policy is nearly uniform: H = 11.520 nats against ln|V| = 11.931"
+    ) in flat
+    assert (
+        "| H(π_θ) | 1.900 [1.800, 2.000] | 1.500 [1.400, 1.600] | -0.400 [-0.550, -0.250] "
+        "| 1.900 [1.800, 2.000] | 1.700 [1.600, 1.800] | -0.200 [-0.450, +0.050] |"
+    ) in flat
+    assert (
+        "| H(π^k), resid entropy at k = 6 | 0.600 [0.500, 0.700] | 0.900 [0.800, 1.000] "
+        "| +0.300 [+0.100, +0.500] | 0.600 [0.500, 0.700] | 0.900 [0.800, 1.000] "
+        "| -0.300 [-0.500, -0.100] |"
+    ) in flat
+    assert (
+        "H(π_θ) fell under BuPO and did not change measurably under GRPO; H(π^k) rose under "
+        "BuPO and fell under GRPO; ΔH_mlp did not change measurably under BuPO and rose "
+        "under GRPO; ΔH_attn did not change measurably under BuPO and did not change "
+        "measurably under GRPO."
+    ) in flat
+    for name in (
+        "showcase_reward",
+        *(
+            f"showcase_{kind}_{run}"
+            for kind in ("difference", "dynamics")
+            for run in ("bupo", "grpo")
+        ),
+    ):
+        assert f'src="figures/{name}.png"' in text
+    assert (
+        f"layerpolicy train --model {QWEN} --inter-steps 3 --layer 6\n"
+        f"layerpolicy train --model {QWEN} --inter-steps 0 --layer 6\n```" in text
     )
-    unscreened = built_figures(tmp_path / "g", screen=False)
-    assert "the first 32 of the built-in" in flat_findings(unscreened)
+    files = findings_files.render_figures_readme(json.loads((figures / "record.json").read_text()))
+    assert "## BuPO against GRPO" in files and "- `showcase.csv`: per run" in files
+    record = json.loads((figures / "record.json").read_text())
+    record["showcase"]["runs"]["grpo"]["settings"]["lr"] = 1e-6
+    (figures / "record.json").write_text(json.dumps(record))
+    assert "and differ in lr besides s_inter:" in flat_findings(figures)
 
 
 def test_quick_tour_blocks_cut_long_outputs_where_marked(tmp_path):
@@ -406,8 +498,20 @@ def test_entropy_command_has_the_settings_of_the_run_it_shows(tmp_path):
         tour.check_same_run(argv, tmp_path / "run")
 
 
-@pytest.mark.end_to_end
-def test_train_command_trains_bupo_spec(tmp_path, monkeypatch):
+# The commands that trained the README's showcase runs, as typed (make_figures.SHOWCASE must
+# record the same settings; its own command line may order the flags otherwise).
+TYPED = (
+    "layerpolicy train --model qwen2.5-coder-0.5b-instruct --offline --prompts builtin --limit 24 "
+    "--screen 4 --steps 10 --inter-steps {inter} --layer 6 --group-size 4 --prompts-per-step 2 "
+    "--mini-batches 2 --max-new-tokens 160 --lr 1e-05 --eval-samples 4 --analyse "
+    "--analysis-prompts 4 --monitor-every 6 --save-every 2 --seed 0 --device cpu "
+    "--out runs/showcase-{label}"
+)
+
+
+def cli_spec(argv: list[str], monkeypatch) -> tuple[RunSpec, Path]:
+    """The RunSpec and run directory `layerpolicy train` builds from `argv` (stopped before
+    training)."""
     seen = {}
 
     class Stop(Exception):
@@ -418,15 +522,30 @@ def test_train_command_trains_bupo_spec(tmp_path, monkeypatch):
         raise Stop
 
     monkeypatch.setattr(layerpolicy.bupo, "train", fake_train)
-    argv = make_figures.train_argv(tmp_path / "bupo")
     result = CliRunner().invoke(app, argv[1:])
     assert isinstance(result.exception, Stop), result.output
-    wanted = make_figures.BUPO_SPEC
-    assert seen["spec"].train == wanted.train
-    assert seen["spec"].settings() == wanted.settings()
-    assert (seen["spec"].prompts.source, seen["spec"].prompts.limit) == ("builtin", 48)
-    assert Path(seen["out"]) == tmp_path / "bupo"
-    assert json.loads(json.dumps(dataclasses.asdict(seen["spec"].train)))  # a plain config
+    return seen["spec"], Path(seen["out"])
+
+
+@pytest.mark.end_to_end
+@pytest.mark.parametrize(("label", "inter"), [("bupo", 3), ("grpo", 0)])
+def test_showcase_commands_train_the_showcase_specs(tmp_path, monkeypatch, label, inter):
+    wanted = make_figures.SHOWCASE[label]
+    out = make_figures.showcase_dir(tmp_path, label)
+    spec, where = cli_spec(make_figures.train_argv(wanted, out), monkeypatch)
+    typed, _ = cli_spec(TYPED.format(inter=inter, label=label).split(), monkeypatch)
+    sha256 = wanted.prompts.load().sha256
+    for built in (spec, typed):
+        assert built.settings(sha256) == wanted.settings(sha256)
+        assert (built.train, built.model, built.prompts) == (wanted.train, wanted.model,
+                                                             wanted.prompts)  # fmt: skip
+    assert wanted.train.s_inter == inter and (wanted.model.device, wanted.model.offline) == (
+        "cpu", True
+    )  # fmt: skip
+    assert where == tmp_path / f"showcase-{label}"
+    assert json.loads(json.dumps(dataclasses.asdict(spec.train)))  # a plain config
+    other = make_figures.SHOWCASE["grpo" if label == "bupo" else "bupo"]
+    assert other.settings(sha256) != wanted.settings(sha256)
 
 
 def test_cli_params_parses_without_running():
@@ -436,9 +555,9 @@ def test_cli_params_parses_without_running():
         tour.cli_params(["entropy", "--limit", "0"])
 
 
-def train_settings(path: Path, monkeypatch) -> dict:
-    """The settings train() records when bupo_run trains into `path` (stopped before training:
-    no model loaded, nothing sampled)."""
+def train_settings(path: Path, spec: RunSpec, monkeypatch) -> dict:
+    """The settings train() records when make_figures trains `spec` into `path` (stopped before
+    training: no model loaded, nothing sampled)."""
     seen = {}
 
     class Stop(Exception):
@@ -448,26 +567,47 @@ def train_settings(path: Path, monkeypatch) -> dict:
         seen.update(settings)
         raise Stop
 
-    monkeypatch.setattr(layerpolicy.bupo.run, "model_depth", lambda *a, **k: (30, SMOL))
+    monkeypatch.setattr(layerpolicy.bupo.run, "model_depth", lambda *a, **k: (24, QWEN))
     monkeypatch.setattr(layerpolicy.bupo.run, "open_run", fake_open_run)
     with pytest.raises(Stop):
-        make_figures.bupo_run(path, "cpu")
+        make_figures.trained_run(path, spec, "auto")
     return seen
 
 
-def test_a_finished_bupo_run_with_other_settings_is_refused(tmp_path, monkeypatch):
-    path = tmp_path / "bupo"
-    settings = train_settings(path, monkeypatch)
-    assert settings["model"] == make_figures.BUPO_SPEC.model.spec and settings["steps"] == 20
+@pytest.mark.parametrize("label", ["bupo", "grpo"])
+def test_a_finished_showcase_run_with_other_settings_is_refused(tmp_path, monkeypatch, label):
+    path, spec = tmp_path / label, make_figures.SHOWCASE[label]
+    settings = train_settings(path, spec, monkeypatch)
+    assert settings["model"] == QWEN and settings["steps"] == 10
+    assert settings["inter_steps"] == spec.train.inter_steps
     write_json({"status": "complete", "settings": settings}, path / "run.json")
-    assert make_figures.bupo_record(path)["settings"] == settings  # reused as it is
+    assert make_figures.finished_record(path, spec)["settings"] == settings  # reused as it is
     other = {**settings, "steps": 12, "lr": 1e-6}
     write_json({"status": "complete", "settings": other}, path / "run.json")
     with pytest.raises(RunDirectoryError, match=r"\(lr, steps\); delete or move it") as raised:
-        make_figures.bupo_record(path)
+        make_figures.finished_record(path, spec)
     assert "\n" not in str(raised.value)
     write_json({"status": "running", "settings": other}, path / "run.json")
-    assert make_figures.bupo_record(path)["status"] == "running"  # train() checks on resume
+    assert make_figures.finished_record(path, spec)["status"] == "running"  # checked on resume
+
+
+def make_dynamics(k: int = 2, n_layers: int = 4, inter_steps: int = 2) -> pd.DataFrame:
+    """A dynamics.parquet frame: per step the resid entropy of every layer, KL(π^k || π^j) and
+    cos(H^k, H^j) for j > k, and the perplexity of π_θ."""
+    rows = []
+    for step in range(0, 6, 2):
+        phase = "inter" if step < inter_steps else "full"
+        cells = [("resid", j, "entropy", 5.0 - j - 0.1 * step) for j in range(1, n_layers + 1)]
+        cells += [
+            ("resid", j, m, 0.5)
+            for j in range(k + 1, n_layers + 1)
+            for m in ("kl_from_k", "cos_with_k")
+        ]
+        cells.append(("final", n_layers, "perplexity", 3.0 - 0.1 * step))
+        rows += [{"step": step, "phase": phase, "k": k, "site": site, "layer": layer,
+                  "metric": metric, "mean": mean, "ci_low": mean - 0.1, "ci_high": mean + 0.1}
+                 for site, layer, metric, mean in cells]  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def test_readme_figure_set_is_named_by_family_and_written_as_png(tmp_path):
@@ -483,16 +623,19 @@ def test_readme_figure_set_is_named_by_family_and_written_as_png(tmp_path):
     assert all(p.parent == tmp_path and p.stat().st_size > 0 for p in paths)
     with pytest.raises(ValueError):  # one family label per model
         family_figures(("qwen",), raw, lens, vocab, tmp_path)
-    record = {"method": "BuPO", "model": {"name": "m-b"}, "layer": {"k": 2}}
     before, after = make_summary("m-b"), make_summary("m-b", shift=1.0)
-    paths = bupo_figures(record, make_log(), before, after, tmp_path / "bupo")
-    assert [p.name for p in paths] == ["bupo_training_log.png", "bupo_difference.png"]
-
-
-def test_a_bupo_run_graded_before_the_verifier_says_so(tmp_path):
-    figures = built_figures(tmp_path / "f")
-    assert "graded by the earlier reward" in flat_findings(figures)
-    record = json.loads((figures / "record.json").read_text())
-    record["bupo"]["reward"]["verifier"] = {"name": "math-verify", "version": "0.9.0"}
-    (figures / "record.json").write_text(json.dumps(record))
-    assert "earlier reward" not in flat_findings(figures)
+    runs = {
+        label: TrainedTables(
+            {"method": method, "model": {"name": "m-b"}, "layer": {"k": 2}},
+            make_log(n_inter=inter), before, after, make_dynamics(inter_steps=inter),
+        )
+        for label, method, inter in (("bupo", "BuPO", 4), ("grpo", "GRPO", 0))
+    }  # fmt: skip
+    paths = showcase_figures(runs, tmp_path / "showcase")
+    assert [p.name for p in paths] == [
+        "showcase_reward.png",
+        *(f"showcase_{kind}_{label}.png" for label in ("bupo", "grpo")
+          for kind in ("difference", "dynamics")),
+    ]  # fmt: skip
+    assert all(p.stat().st_size > 0 for p in paths)
+    assert {p.stem for p in paths} == set(SHOWCASE_FIGURE_TEXT)  # figures/README.md names each
