@@ -13,8 +13,13 @@ from typing import Any
 
 import pandas as pd
 
-from .findings_format import ci, img
+from .findings_format import change_word, ci, img
 
+CORRECT_WORDS = (
+    "higher when correct",
+    "lower when correct",
+    "no measurable difference (CI includes 0)",
+)
 DEPTHS = (0.25, 0.5, 0.75)  # relative depths l/L of the table's rows, besides H(π_θ)
 QUANTITIES = {  # (site, metric) -> row title
     ("resid", "entropy"): "H(resid)",
@@ -125,11 +130,7 @@ def _nearest(rows: pd.DataFrame, n_layers: int) -> list[Any]:
 
 
 def _word(low: float, high: float) -> str:
-    if low > 0:
-        return "higher when correct"
-    if high < 0:
-        return "lower when correct"
-    return "no measurable difference (CI includes 0)"
+    return change_word(low, high, CORRECT_WORDS)
 
 
 def _reading(rows: pd.DataFrame) -> str:

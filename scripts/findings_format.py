@@ -81,13 +81,17 @@ def ci(mean: float, low: float, high: float, *, signed: bool = False) -> str:
     return f"{mean:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
 
 
-def change_word(low: float, high: float) -> str:
-    """What an interval of after − before says."""
+CHANGE_WORDS = ("rose", "fell", "did not change measurably (CI includes 0)")
+
+
+def change_word(low: float, high: float, words: tuple[str, str, str] = CHANGE_WORDS) -> str:
+    """What an interval of a difference says: `words` for above 0, below 0, and including 0
+    (default: after − before)."""
     if low > 0:
-        return "rose"
+        return words[0]
     if high < 0:
-        return "fell"
-    return "did not change measurably (CI includes 0)"
+        return words[1]
+    return words[2]
 
 
 def num(value: Any, missing_text: str) -> str:
