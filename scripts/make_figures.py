@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> None:
         finished_record(showcase_dir(args.runs, label), spec)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    if args.part == "showcase":
+        showcase_part(args, out, started)
+        return
     raw, lens = family_runs(args)
     tour = quick_tour(raw, analysis_specs(args)["raw"], args.runs, out, FAMILIES)
     runs = showcase_runs(args.runs, args.device)
@@ -101,14 +104,38 @@ def main(argv: list[str] | None = None) -> None:
     by_correct = correctness_facts(dict(zip(FAMILIES, raw.runs.values(), strict=True)), out)
     record = {**run_record(FAMILIES, raw, lens, facts, written), "quick_tour": tour}
     record["by_correct"] = by_correct
+    write_record_and_readme(record, args.readme, out, len(written), started)
+
+
+def showcase_part(args: argparse.Namespace, out: Path, started: float) -> None:
+    """`--part showcase`: the training showcase's figures, tables and facts from its runs; the
+    family analyses' facts, figures and tables already in `out` are kept as they are."""
+    record_path = out / RECORD
+    if not record_path.is_file():
+        raise SystemExit(f"{record_path} is missing; run make figures once without --part")
+    runs = showcase_runs(args.runs, args.device)
+    written = showcase_figures(runs, out)
+    paired = write_showcase_tables(runs, out)
+    commands = {label: shlex.join(train_argv(SHOWCASE[label], runs[label].path)) for label in runs}
+    record = {key: value for key, value in read_json(record_path).items() if key != "bupo"}
+    kept = [name for name in record["figures"] if not name.startswith(("bupo_", "showcase_"))]
+    record["figures"] = kept + [p.name for p in written]
+    record["showcase"] = showcase_facts(runs, paired, commands)
+    write_record_and_readme(record, args.readme, out, len(written), started)
+
+
+def write_record_and_readme(
+    record: dict[str, Any], readme: Path, out: Path, n_figures: int, started: float
+) -> None:
+    """record.json and figures/README.md into `out`, then the generated blocks of `readme`."""
     write_json(record, out / RECORD)
     with atomic_path(out / "README.md") as tmp:
         tmp.write_text(render_figures_readme(record))
-    text = update_readme(args.readme.read_text(), out)
-    with atomic_path(args.readme) as tmp:
+    text = update_readme(readme.read_text(), out)
+    with atomic_path(readme) as tmp:
         tmp.write_text(text)
     print(
-        f"{len(written)} figures, their tables and the generated blocks of {args.readme} from "
+        f"{n_figures} figures, their tables and the generated blocks of {readme} from "
         f"{out} ({time.perf_counter() - started:.0f} s)"
     )
 
@@ -153,6 +180,12 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=GENERATE,
         help=f"most response tokens sampled and scored per problem (default {GENERATE})",
+    )
+    parser.add_argument(
+        "--part",
+        choices=("all", "showcase"),
+        default="all",
+        help="all (default), or only the training showcase (keeps the family analyses in --out)",
     )
     parser.add_argument("--out", type=Path, default=REPO / "figures", help="output directory")
     parser.add_argument(
