@@ -33,8 +33,8 @@ WEIGHT_SHA256 = {
 _BUILD = """
 from layerpolicy.models.tiny import TINY_ARCHITECTURES, tiny_model_dir
 for arch in TINY_ARCHITECTURES:
-    print(tiny_model_dir(arch))
-"""
+    print("built:", tiny_model_dir(arch))
+"""  # marked lines: libraries may log to stdout too (DeepSpeed's accelerator notice on a CPU)
 
 
 def _hashes(directory: Path) -> dict[str, str]:
@@ -51,7 +51,10 @@ def _build_in_fresh_process(cache: Path) -> list[Path]:
         [sys.executable, "-c", _BUILD], env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    return [Path(line) for line in result.stdout.split()]
+    marker = "built: "
+    return [
+        Path(line[len(marker) :]) for line in result.stdout.splitlines() if line.startswith(marker)
+    ]
 
 
 @pytest.fixture(scope="module")
