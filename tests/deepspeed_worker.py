@@ -10,9 +10,12 @@ phase-1 step, then a phase-2 step, each rank on its own half of the batch. trans
 flag is on around the engine's forward and backward (accelerate sets it under a ZeRO-3 launch),
 so TRL's fused LM head gathers the sharded head. Rank 0 writes OUT/deepspeed.json: per phase
 the log-prob and gradient differences to a single-process run on the gathered weights, the
-difference of the layer statistics (`layer_token_stats`, run before each step as in a run), and
-the parameters that the phase-1 optimizer step (AdamW at lr 1e-3 with WEIGHT_DECAY) left
-bitwise unchanged.
+difference of the layer statistics (`layer_token_stats`, run before each step as in a run), the
+trainer's own optimizer (`BupoTrainer.create_optimizer`: transformers' AdamW at lr 1e-3 with
+WEIGHT_DECAY, its decayed parameters above k in a group of their own) by group, the weight decay
+each group had in each step of the inner torch optimizer (the trainer enters each phase through
+the ZeRO-3 optimizer's param groups, as accelerate hands them to it), the parameters that the
+phase-1 step left bitwise unchanged and those that the phase-2 step changed.
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ from transformers import AutoModelForCausalLM
 from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
 from trl.trainer.utils import add_fused_lm_head
 
-from layerpolicy.bupo.trainer import BupoTrainer
+from layerpolicy.bupo.trainer import ABOVE_K, BupoTrainer
 from layerpolicy.readout.layer_policy import layer_token_stats
 from tests.distributed_worker import COMPLETION, ROWS, K, above_k, batch, build_trainer
 
 HALF = ROWS // 2
+LR = 1e-3
 
 
 def zero3_config() -> dict:
@@ -128,6 +132,7 @@ def step(trainer, engine, location, phase, rank) -> dict[str, float]:
     gradients against the single-process ones and returns the largest differences."""
     expected_logps, expected = reference(trainer, gathered(engine.module), location, phase)
     rows = slice(rank * HALF, (rank + 1) * HALF)
+    trainer._enter_phase(phase)  # as at the start of a rollout buffer
     with zero3_flag(zero3_config()):
         logps = logps_of(trainer, engine, phase, rows)
         engine.backward(loss_from(logps, rows))
@@ -150,6 +155,33 @@ def step(trainer, engine, location, phase, rank) -> dict[str, float]:
     }
 
 
+def trainer_optimizer(trainer, model, weight_decay) -> tuple[torch.optim.Optimizer, list[dict]]:
+    """The trainer's own optimizer at lr LR with `weight_decay`, and its param groups by name:
+    the names, the weight decay and whether the group carries BuPO's above-k mark."""
+    trainer.args.learning_rate, trainer.args.weight_decay = LR, weight_decay
+    optimizer = trainer.create_optimizer()
+    names = {id(param): name for name, param in model.named_parameters()}
+    groups = [
+        {
+            "names": [names[id(param)] for param in group["params"]],
+            "weight_decay": group["weight_decay"],
+            "marked": ABOVE_K in group,
+        }
+        for group in optimizer.param_groups
+    ]
+    return optimizer, groups
+
+
+def log_step_decays(optimizer: torch.optim.Optimizer, log: list) -> None:
+    """Append (weight decay, above-k mark) of every group that each step of `optimizer` updates
+    (ZeRO-3 steps it once per flat partition, the other groups' params emptied)."""
+
+    def record(stepped: torch.optim.Optimizer, *_: object) -> None:
+        log.extend([g["weight_decay"], ABOVE_K in g] for g in stepped.param_groups if g["params"])
+
+    optimizer.register_step_pre_hook(record)
+
+
 def main(location: str, out: Path, weight_decay: float) -> None:
     deepspeed.init_distributed("gloo", timeout=timedelta(seconds=120))  # a stuck rank errors
     assert get_accelerator().communication_backend_name() == "gloo"
@@ -157,24 +189,33 @@ def main(location: str, out: Path, weight_decay: float) -> None:
     torch.manual_seed(0)
     plain = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32)
     trainer = build_trainer(plain, location, out)  # TRL patches the plain model's forward
-    optimizer = torch.optim.AdamW(plain.parameters(), lr=1e-3, weight_decay=weight_decay)
+    optimizer, groups = trainer_optimizer(trainer, plain, weight_decay)
+    decay_names = trainer.get_decay_parameter_names(plain)
+    decays: list = []
+    log_step_decays(optimizer, decays)
     engine, *_ = deepspeed.initialize(model=plain, optimizer=optimizer, config=zero3_config())
+    trainer.optimizer = engine.optimizer  # the ZeRO-3 optimizer around the trainer's
     check_sharded(engine.module)
     before = gathered(engine.module)
     # as in a run, each rollout's layer statistics come before its steps' forwards and backwards
     stats = [stats_difference(engine, before, location)]
     figures = {"phase1": step(trainer, engine, location, "inter", rank)}
     engine.step()
+    phase1_steps = len(decays)
     after = gathered(engine.module)
     unchanged = sorted(name for name in before if torch.equal(before[name], after[name]))
     check_sharded(engine.module)
     stats.append(stats_difference(engine, after, location))
     figures["phase2"] = step(trainer, engine, location, "full", rank)
     engine.step()
+    final = gathered(engine.module)
     check_sharded(engine.module)
     assert max(stats) <= 1e-5, f"layer statistics differ by {max(stats)} nats"
     figures["max_stats_difference"] = max(stats)
     figures["unchanged_by_phase1"] = unchanged
+    figures["changed_by_phase2"] = sorted(n for n in after if not torch.equal(after[n], final[n]))
+    figures["groups"], figures["decay_names"] = groups, sorted(decay_names)
+    figures["step_decays"] = {"phase1": decays[:phase1_steps], "phase2": decays[phase1_steps:]}
     figures["above_k"] = sorted(name for name in before if above_k(name))
     figures["all_zero"] = sorted(name for name, value in before.items() if not value.any())
     dist.barrier()

@@ -9,9 +9,11 @@ norm get no gradient, and every parameter is still a released ZeRO-3 shard after
 the layer statistics (a plain forward calling the LM head module, then the head gathered), run
 before each step as in a run, equal the single-process ones and leave that step's backward
 working (the head registered as an external parameter of the causal LM).
-ZeRO-3's optimizer steps flat partitions, so a parameter without a gradient is still decayed:
-without weight decay the phase-1 step leaves exactly the blocks above k and the final norm
-bitwise unchanged, with it every nonzero one of them moves.
+ZeRO-3's optimizer steps flat partitions, so it would decay a parameter without a gradient; the
+trainer's own optimizer keeps the decayed parameters above k in groups of their own, which the
+trainer, entering phase 1 through the ZeRO-3 optimizer's param groups, steps without decay: with
+weight decay off or on the phase-1 step leaves exactly the blocks above k and the final norm
+bitwise unchanged, and the phase-2 step decays and changes them.
 """
 
 from __future__ import annotations
@@ -53,10 +55,30 @@ def test_zero3_phase_one_log_probs_grads_and_frozen_blocks(weight_decay, tiny_di
     # phase 1 reaches blocks 1..k, the embedding and the LM head; phase 2 everything
     assert figures["phase1"]["params_with_grad"] < figures["phase2"]["params_with_grad"]
     assert figures["max_stats_difference"] <= 1e-5
-    above_k, unchanged = set(figures["above_k"]), set(figures["unchanged_by_phase1"])
-    assert above_k
-    if weight_decay == 0.0:
-        assert unchanged == above_k
-    else:  # decoupled decay of the flat partition; only all-zero weights (biases) stay put
-        assert unchanged == above_k & set(figures["all_zero"])
-        assert unchanged < above_k
+    above_k = set(figures["above_k"])
+    assert above_k and set(figures["unchanged_by_phase1"]) == above_k
+    decayed_above_k = above_k & set(figures["decay_names"])
+    assert decayed_above_k <= set(figures["changed_by_phase2"])
+    check_groups(figures["groups"], above_k, set(figures["decay_names"]), weight_decay)
+    # the inner torch optimizer steps each group's flat partition once a step, the marked ones
+    # without decay in phase 1 and every group with its own in phase 2
+    for phase, marked_decay in (("phase1", 0.0), ("phase2", weight_decay)):
+        expected = [
+            [marked_decay if group["marked"] else group["weight_decay"], group["marked"]]
+            for group in figures["groups"]
+        ]
+        assert sorted(figures["step_decays"][phase]) == sorted(expected)
+
+
+def check_groups(groups: list[dict], above_k: set, decay_names: set, weight_decay: float) -> None:
+    """transformers' decay / no-decay split, each decayed group split at k: every parameter in
+    one group with its decay, the decayed ones above k (and only they) in marked groups."""
+    names = [name for group in groups for name in group["names"]]
+    assert len(names) == len(set(names)) and decay_names < set(names)
+    for group in groups:
+        decayed = set(group["names"]) <= decay_names
+        assert decayed or not set(group["names"]) & decay_names
+        assert group["weight_decay"] == (weight_decay if decayed else 0.0)
+        assert group["marked"] == (decayed and weight_decay > 0 and set(group["names"]) <= above_k)
+    marked = {name for group in groups if group["marked"] for name in group["names"]}
+    assert marked == (above_k & decay_names if weight_decay else set())

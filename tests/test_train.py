@@ -23,7 +23,7 @@ from layerpolicy.bupo.config import grpo_arguments
 from layerpolicy.bupo.data import prepare, training_prompts
 from layerpolicy.bupo.layer import boundary_layer_from
 from layerpolicy.bupo.results import entropy_at_k
-from layerpolicy.bupo.trainer import STATE_FILE
+from layerpolicy.bupo.trainer import ABOVE_K, STATE_FILE
 from layerpolicy.bupo.training import build_trainer
 from layerpolicy.config import ModelConfig
 from layerpolicy.errors import LayerpolicyError, PromptSourceError, RunDirectoryError
@@ -186,6 +186,24 @@ def test_dual_clip_loss_equals_a_hand_computation(tiny_dirs, tmp_path):
 
 
 # ----------------------------------------------------------------------------- phases
+
+
+def test_decayed_parameters_above_k_get_their_own_groups_undecayed_in_phase_one(
+    tiny_dirs, tmp_path
+):
+    trainer = make_trainer(tiny_dirs, tmp_path)  # weight decay 0.01
+    groups = trainer.create_optimizer().param_groups
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    members = [{names[id(p)] for p in group["params"]} for group in groups]
+    assert sorted(n for m in members for n in m) == sorted(names.values())
+    decayed = set(trainer.get_decay_parameter_names(trainer.model))
+    marked = {n for m, group in zip(members, groups, strict=True) if ABOVE_K in group for n in m}
+    assert marked == {n for n in decayed if above_k(n)} and marked
+    for phase, above_k_decay in (("inter", 0.0), ("full", 0.01)):
+        trainer._enter_phase(phase)
+        for m, group in zip(members, groups, strict=True):
+            expected = above_k_decay if ABOVE_K in group else 0.01 if m <= decayed else 0.0
+            assert group["weight_decay"] == expected and (m <= decayed or not m & decayed)
 
 
 @pytest.mark.slow

@@ -13,7 +13,9 @@ TRL internals relied on (docs/training.md): `_generate` samples a rollout and
 `_generate_and_score_completions` scores it, once per
 rollout buffer and calls `_get_per_token_logps_and_entropies` for old log-probs; `_compute_loss`
 calls it for the new ones; `vllm_importance_sampling_correction`, `_metrics` and
-`_save_checkpoint` / `_load_optimizer_and_scheduler(checkpoint)` as in trl 1.x.
+`_save_checkpoint` / `_load_optimizer_and_scheduler(checkpoint)` as in trl 1.x; transformers'
+`create_optimizer` builds a torch optimizer whose param groups accelerate and DeepSpeed's ZeRO-3
+optimizer hand back (the same dicts) from the optimizer they wrap it in.
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ from ..readout.layer_policy import (
     layer_readout,
     layer_token_stats,
 )
+from ..readout.unembed import decoder_of, find_final_norm
 from ..sampling import checkpoint_defaults_off, pure_generation_config
 from .layer import check_beta
 
 STATE_FILE = "bupo_state.json"
+ABOVE_K = "bupo_above_k"  # key of a param group above k: its configured weight decay
 
 
 class BupoTrainer(GRPOTrainer):
@@ -81,9 +85,7 @@ class BupoTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         training = self.model.training
         if training:
-            self.buffer_phase = self.phase_of(self.rollouts)
-            inter = self.buffer_phase == "inter"
-            self.vllm_importance_sampling_correction = self._importance_sampling and not inter
+            self._enter_phase(self.phase_of(self.rollouts))
         output = super()._generate_and_score_completions(inputs)
         if training:
             self.rollouts += 1
@@ -94,6 +96,28 @@ class BupoTrainer(GRPOTrainer):
                 for name, value in self._layer_stats(output).items():
                     metrics[f"bupo/{name}"].append(value)
         return output
+
+    def _enter_phase(self, phase: str) -> None:
+        """Make `phase` the buffer's phase: TRL's vLLM importance-sampling correction on only in
+        phase 2; the param groups above k decay only in phase 2 (ZeRO-3 steps flat partitions,
+        so it would decay them in phase 1 too, though they get no gradient)."""
+        self.buffer_phase = phase
+        inter = phase == "inter"
+        self.vllm_importance_sampling_correction = self._importance_sampling and not inter
+        groups = self.optimizer.param_groups if self.optimizer is not None else []
+        for group in groups:
+            if ABOVE_K in group:
+                group["weight_decay"] = 0.0 if inter else group[ABOVE_K]
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        """transformers' optimizer, with BuPO's phase 1 on each decayed param group split in
+        two: its parameters below k, and those above k in a group of their own (`ABOVE_K`)."""
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if fresh and self.inter_rollouts > 0 and isinstance(optimizer, torch.optim.Optimizer):
+            unwrapped = self.accelerator.unwrap_model(self.model if model is None else model)
+            split_above_k(optimizer, above_k_params(unwrapped, self.layer))
+        return optimizer
 
     def _generate(self, prompts: list) -> tuple:
         """TRL's sampling with nothing of the checkpoint's generation config but its stop ids:
@@ -157,3 +181,26 @@ class BupoTrainer(GRPOTrainer):
                 f"{state['inter_rollouts']} inter steps; resume with the same settings"
             )
         self.rollouts = int(state["rollouts"])
+
+
+def above_k_params(model: torch.nn.Module, layer: int) -> set[int]:
+    """ids of the parameters that phase 1 gives no gradient: the blocks layer..L-1 (0-based)
+    and the final norm (the embedding and the LM head do get one)."""
+    hf_model = base_causal_lm(model)
+    modules = [*decoder_of(hf_model).layers[layer:], find_final_norm(hf_model)]
+    return {id(param) for module in modules for param in module.parameters()}
+
+
+def split_above_k(optimizer: torch.optim.Optimizer, above: set[int]) -> None:
+    """Split every param group with weight decay that holds parameters of `above` (ids) in
+    two, in place: the others, then those of `above`, marked with `ABOVE_K` (the decay)."""
+    groups, optimizer.param_groups = optimizer.param_groups, []
+    for group in groups:
+        upper = [param for param in group["params"] if id(param) in above]
+        if not upper or not group.get("weight_decay"):
+            optimizer.add_param_group(group)
+            continue
+        lower = [param for param in group["params"] if id(param) not in above]
+        if lower:
+            optimizer.add_param_group({**group, "params": lower})
+        optimizer.add_param_group({**group, "params": upper, ABOVE_K: group["weight_decay"]})
