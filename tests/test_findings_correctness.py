@@ -14,17 +14,15 @@ import torch
 
 from layerpolicy.analysis import analyse
 from layerpolicy.bupo.reward import grade
-from layerpolicy.config import ModelConfig, PromptConfig
+from layerpolicy.config import PromptConfig
 from layerpolicy.correctness import by_correct
 from layerpolicy.errors import LayerpolicyError
 from layerpolicy.models import load_tokenizer
 from layerpolicy.responses import write_responses
 from layerpolicy.runs import write_json
-from layerpolicy.spec import RunSpec
 from scripts import findings, findings_correctness
 from scripts.figures_correctness import MIN_GROUP, correctness_facts
-
-PROBLEMS = [("What is 1 + 2?", "3"), ("What is 2 * 3?", "6"), ("What is 10 - 4?", "6")]
+from tests.sampled import sample_problems
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +31,12 @@ def graded_runs(tiny_dirs, tmp_path_factory, analysis_config):
     with sample 0 of each problem boxed right (3 correct, 3 incorrect), `few` with only problem
     0's sample 0 right (1 correct, 5 incorrect); and `plain`, a run without responses."""
     root = tmp_path_factory.mktemp("correctness")
-    prompts = root / "problems.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": q, "answer": a}) + "\n" for q, a in PROBLEMS))
-    spec = RunSpec(
-        ModelConfig(str(tiny_dirs["qwen2"]), device="cpu"),
-        PromptConfig(str(prompts), generate=4, samples=2),
-        analysis_config,
+    sampled, spec = sample_problems(
+        tiny_dirs["qwen2"], root, analysis_config, generate=4, out="sampled"
     )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        sampled = analyse(spec, out=root / "sampled", progress=False)
         tokenizer = load_tokenizer(spec.model.spec)
         runs = {}
         for name, right in (("both", lambda r: r.sample == 0), ("few", lambda r: r.Index == 0)):
@@ -65,7 +58,7 @@ def graded_runs(tiny_dirs, tmp_path_factory, analysis_config):
             saved = write_responses(frame, root / f"{name}.parquet")
             again = spec.replace(prompts=PromptConfig(responses=str(saved)))
             runs[name] = analyse(again, out=root / name, progress=False).path
-        plain = spec.replace(prompts=PromptConfig(str(prompts)))
+        plain = spec.replace(prompts=PromptConfig(spec.prompts.source))
         runs["plain"] = analyse(plain, out=root / "plain", progress=False).path
     finally:
         torch.set_num_threads(threads)

@@ -10,7 +10,6 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from layerpolicy.cli.app import main
 
 from layerpolicy.analysis import analyse, load_run
@@ -29,30 +28,15 @@ from layerpolicy.sampling import prompt_seed
 from layerpolicy.spec import RunSpec
 from layerpolicy.tables import stats
 from layerpolicy.tables.schema import RESPONSE_COLUMNS
+from tests.sampled import PROBLEMS, sample_problems
 
 KEYS = ["prompt_id", "sample", "position", "token_id"]
-PROBLEMS = [("What is 1 + 2?", "3"), ("What is 2 * 3?", "6"), ("What is 10 - 4?", "6")]
-
-
 @pytest.fixture(scope="module")
 def sampled(tiny_dirs, tmp_path_factory, analysis_config):
     """A --generate run of 3 prompts with answers, 2 responses each, on tiny Qwen2, scored on one
     thread as the tests that score it again are (float32 sums follow the thread count)."""
     root = tmp_path_factory.mktemp("responses")
-    prompts = root / "problems.jsonl"
-    rows = [{"prompt": q, "answer": a} for q, a in PROBLEMS]
-    prompts.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    spec = RunSpec(
-        ModelConfig(str(tiny_dirs["qwen2"]), device="cpu"),
-        PromptConfig(str(prompts), generate=6, samples=2),
-        analysis_config,
-    )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return analyse(spec, out=root / "run", progress=False), spec
-    finally:
-        torch.set_num_threads(threads)
+    return sample_problems(tiny_dirs["qwen2"], root, analysis_config, generate=6, out="run")
 
 
 def test_a_sampling_run_keeps_its_responses_as_data(sampled, one_thread):
