@@ -22,14 +22,11 @@ import warnings
 import torch
 
 from layerpolicy.config import ModelConfig, PromptConfig
+from layerpolicy.readout.jacobian_fit import prompt_text
 
 
 class _Enough(Exception):
     """Raised by the timed backward step once it has run the passes asked for."""
-
-
-def _prompt_text(item) -> str:
-    return item.text if item.text is not None else "\n\n".join(m["content"] for m in item.messages)
 
 
 def time_whole(model, texts: list[str], max_seq_len: int, skip: int, dim_batch: int) -> list:
@@ -129,7 +126,7 @@ def main() -> None:
     print(f"{model.info.name}: L={model.n_layers}, d_model={model.info.d_model}, "
           f"loaded in {time.perf_counter() - started:.1f} s", flush=True)  # fmt: skip
     items = PromptConfig(args.prompts, limit=args.limit).load().items
-    texts = [_prompt_text(item) for item in items]
+    texts = [prompt_text(item) for item in items]
     options = (args.max_seq_len, args.skip_first_positions, args.dim_batch)
     if args.passes:
         time_passes(model, texts[0], args.passes, *options)

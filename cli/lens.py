@@ -40,11 +40,11 @@ def fit(
     it stopped. Slow on a CPU: one forward and ceil(d_model / dim-batch) backward passes per
     prompt (benchmarks/bench_lens_fit.py measures it)."""
     from layerpolicy.config import ModelConfig, PromptConfig
-    from layerpolicy.readout.jacobian_fit import FitSettings, fit_lens
+    from layerpolicy.readout.jacobian_fit import FitSettings, fit_lens, prompt_text
 
     model_config = ModelConfig(model, device=device, offline=offline or None)
     prompt_set = PromptConfig(prompts, limit=limit, column=column).load()
-    texts = [_text(item) for item in prompt_set.items]
+    texts = [prompt_text(item) for item in prompt_set.items]
     settings = FitSettings(
         prompts=str(prompts or "builtin"),
         prompts_sha256=prompt_set.sha256,
@@ -64,10 +64,3 @@ def fit(
     seconds = time.perf_counter() - started
     console.print(f"lens for {loaded.info.name} in [bold]{path}[/] ({seconds:.0f} s)")
     console.print(f"read through it: layerpolicy entropy --model {model} --readout jacobian-lens")
-
-
-def _text(item) -> str:
-    """A prompt's text: its plain text, or its chat messages' contents joined by blank lines."""
-    if item.text is not None:
-        return item.text
-    return "\n\n".join(message["content"] for message in item.messages)

@@ -35,6 +35,7 @@ from .findings_format import (
     thinking_phrase,
     wrap,
 )
+from .findings_readouts import render_readouts
 
 READOUT_TITLES = {"raw": "Raw readout", "logit-lens": "Logit lens"}
 PAPER = "[Tan et al., arXiv 2512.19673](https://arxiv.org/abs/2512.19673)"
@@ -64,6 +65,7 @@ def render_findings(figures_dir: Path) -> str:
         *_readings(comparison),
         _paper_contrast(record, comparison),
         *_profiles(record),
+        *render_readouts(record, figures_dir),
         *render_correctness(record, figures_dir),
         *render_showcase(record, figures_dir),
     ]

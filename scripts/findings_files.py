@@ -9,6 +9,7 @@ from typing import Any
 from .findings_bupo_files import SHOWCASE_FIGURE_TEXT, showcase_files, showcase_section
 from .findings_correctness import correctness_files
 from .findings_format import COMPARE_OUTPUT, ENTROPY_OUTPUT, RECORD, TERMINAL_WIDTH, thinking_phrase
+from .findings_readouts import figure_text, readout_files
 
 FIGURE_TEXT = {  # figure name -> what figures/README.md says it shows
     "entropy_profile_qwen": "Qwen entropy per layer (resid, attn, mlp; π_θ starred; ln|V| dashed) "
@@ -81,14 +82,20 @@ def render_figures_readme(record: dict[str, Any]) -> str:
         *showcase_section(record),
         "## Files",
         "",
-        *[f"- `{name}`: {FIGURE_TEXT[Path(name).stem]}" for name in record["figures"]],
+        *[f"- `{name}`: {_figure_text(Path(name).stem)}" for name in record["figures"]],
         "- `summary.csv`: the summary rows these figures draw (docs/tables.md layout, rounded).",
         "- `comparison.csv`: shape statistics per model and readout (docs/shape.md).",
         *showcase_files(),
         *correctness_files(record),
+        *readout_files(record),
         f"- `{RECORD}`: the facts of every run above (models, problems, sampling, scored tokens, "
         "timings, commands, the training runs' rewards and entropies at k).",
         f"- `{ENTROPY_OUTPUT}`, `{COMPARE_OUTPUT}`: the README's Quick tour outputs, rendered by "
         f"the CLI's own code on the cached runs at {TERMINAL_WIDTH} columns.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _figure_text(stem: str) -> str:
+    """What figures/README.md says the figure `stem` shows."""
+    return figure_text(stem) or FIGURE_TEXT[stem]

@@ -33,6 +33,7 @@ from layerpolicy.runs import atomic_path, read_json, write_json
 from layerpolicy.spec import RunSpec, check_settings
 
 from .figures_correctness import correctness_facts
+from .figures_readouts import readout_facts
 from .figures_record import run_record, write_tables
 from .figures_showcase import ShowcaseRun, showcase_facts, write_showcase_tables
 from .findings_files import render_figures_readme
@@ -43,7 +44,7 @@ from .tour import REPO, quick_tour, shown
 FAMILIES = ("qwen", "llama")
 SEED = 0
 LIMIT = 24  # MATH-500 problems per model
-GENERATE = 192  # most response tokens per problem
+GENERATE = 320  # most response tokens per problem: most answers end within it, so can be graded
 BATCH = 16  # problems per sampling call and per scored batch
 # The README's showcase: BuPO against plain GRPO at equal budget on the builtin problems that
 # Qwen2.5-Coder-0.5B-Instruct solves sometimes (RUNS/showcase-*/run.json records the settings;
@@ -96,7 +97,10 @@ def main(argv: list[str] | None = None) -> None:
 
     vocab_sizes = raw.comparison.set_index("model")["vocab_size"].astype(int).to_dict()
     written = family_figures(FAMILIES, raw.summaries, lens.summaries, vocab_sizes, out)
-    written += showcase_figures(runs, out)
+    runs_by = zip(FAMILIES, raw.runs.values(), lens.runs.values(), strict=True)
+    dirs = {family: (family, raw_dir, lens_dir) for family, raw_dir, lens_dir in runs_by}
+    readouts, drawn = readout_facts(dirs, analysis_specs(args)["raw"], args.runs / "cache", out)
+    written += drawn + showcase_figures(runs, out)
     write_tables(raw, lens, out)
     paired = write_showcase_tables(runs, out)
     commands = {label: shlex.join(train_argv(SHOWCASE[label], runs[label].path)) for label in runs}
@@ -104,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     by_correct = correctness_facts(dict(zip(FAMILIES, raw.runs.values(), strict=True)), out)
     record = {**run_record(FAMILIES, raw, lens, facts, written), "quick_tour": tour}
     record["by_correct"] = by_correct
+    record["readouts"] = readouts
     write_record_and_readme(record, args.readme, out, len(written), started)
 
 

@@ -48,6 +48,14 @@ class FitSettings:
         return f"{label}-n{self.n_prompts}-{digest[:12]}"
 
 
+def prompt_text(item: Any) -> str:
+    """What a lens is fitted on for one prompt: its plain text, or its chat messages' contents
+    joined by blank lines."""
+    if item.text is not None:
+        return item.text
+    return "\n\n".join(message["content"] for message in item.messages)
+
+
 def lens_directory(model_name: str, settings: FitSettings) -> Path:
     """Where the lens of `model_name` fitted with `settings` is (or will be) cached."""
     return model_lens_dir(model_name) / settings.key()
