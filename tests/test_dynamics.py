@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 from datasets import Dataset
 from layerpolicy.cli.app import main
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 
 from layerpolicy.analysis import analyse
@@ -142,6 +143,21 @@ def test_bupo_run_writes_dynamics_with_its_phases_and_the_view_draws_them(
         assert (result.path / "figures" / f"{name}.png").stat().st_size > 0
 
 
+@pytest.mark.slow
+def test_a_lora_bupo_run_monitors_the_adapted_model(tiny_dirs, tmp_path):
+    settings = {**TRAIN_FAST, "steps": 2, "inter_steps": 1, "layer": 2, "mini_batches": 1}
+    config = TrainConfig(**settings, lr=0.05, lora_rank=4, monitor_every=1, analysis_prompts=2)
+    model = ModelConfig(str(tiny_dirs["qwen2"]), device="cpu")
+    spec = RunSpec(model, PromptConfig(None, limit=2), train=config)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="training dynamics off")
+        result = train(spec, out=tmp_path / "run", reward_fn=parity_reward, progress=False)
+    table = pd.read_parquet(result.path / "dynamics.parquet")
+    assert sorted(table.step.unique()) == [0, 1, 2]
+    entropy = table[(table.metric == "entropy") & (table.site == "final")].set_index("step")
+    assert entropy.loc[0, "mean"] != entropy.loc[2, "mean"]  # the adapters moved π_θ
+
+
 def test_bad_input_is_one_line_before_any_work(tmp_path):
     with pytest.raises(LayerpolicyError, match="at least 1 step"):
         DynamicsCallback(tmp_path, ITEMS, every=0)
@@ -155,14 +171,53 @@ def test_bad_input_is_one_line_before_any_work(tmp_path):
         monitor(tmp_path / "run", layer=4)._layer(4)
 
 
-def test_an_adapted_model_turns_the_monitor_off_with_a_warning(tiny_dirs, tmp_path):
+def lora_model(directory: Path, **options):
+    """A tiny model with LoRA adapters on every linear layer, their B matrices random (PEFT
+    starts them at 0, which would make the adapted model the base model)."""
     from peft import LoraConfig, get_peft_model
 
-    plain = AutoModelForCausalLM.from_pretrained(str(tiny_dirs["qwen2"]))
-    model = get_peft_model(plain, LoraConfig(r=2, target_modules="all-linear"))
+    torch.manual_seed(0)
+    plain = AutoModelForCausalLM.from_pretrained(str(directory))
+    model = get_peft_model(plain, LoraConfig(r=2, target_modules="all-linear", **options))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.5)
+    return model
+
+
+def test_a_lora_model_is_scored_with_its_adapters_merged(tiny_dirs, tmp_path):
+    model = lora_model(tiny_dirs["qwen2"])
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
     callback = monitor(tmp_path / "run")
     state = SimpleNamespace(is_world_process_zero=True, global_step=0)
-    with pytest.warns(UserWarning, match="training dynamics off: the model carries PEFT"):
+    callback.on_train_begin(None, state, None, model=model)
+    assert not callback.off
+    rows = pd.read_parquet(callback.path)
+    for name, parameter in model.named_parameters():  # the trainer's tensors are not touched
+        assert torch.equal(parameter, before[name]), name
+    merged = tmp_path / "merged"  # PEFT's own merge, scored as a plain model
+    model.merge_and_unload().save_pretrained(merged)
+    AutoTokenizer.from_pretrained(str(tiny_dirs["qwen2"])).save_pretrained(merged)
+    spec = RunSpec.of(
+        model=str(merged), responses=str(tmp_path / "run" / "probe.parquet"), top_k=0, n_boot=50
+    )
+    separate = analyse(spec, out=tmp_path / "separate", progress=False).summary
+    separate = separate[separate.metric == "entropy"]
+    ours = rows[rows.metric == "entropy"].merge(separate, on=["site", "layer"], how="outer")
+    assert len(ours) == len(separate) and ours["mean_x"].notna().all()
+    assert (ours["mean_x"] - ours["mean_y"]).abs().max() <= 1e-5
+    base = analyse(spec.replace(model=str(tiny_dirs["qwen2"])), out=tmp_path / "base",
+                   progress=False).summary  # fmt: skip
+    base = base[(base.metric == "entropy") & (base.site == "final")]["mean"].iloc[0]
+    assert abs(base - separate[separate.site == "final"]["mean"].iloc[0]) > 1e-3  # LoRA matters
+
+
+def test_a_model_training_whole_modules_turns_the_monitor_off_with_a_warning(tiny_dirs, tmp_path):
+    model = lora_model(tiny_dirs["qwen2"], modules_to_save=["lm_head"])
+    callback = monitor(tmp_path / "run")
+    state = SimpleNamespace(is_world_process_zero=True, global_step=0)
+    with pytest.warns(UserWarning, match="training dynamics off: the PEFT model trains whole"):
         callback.on_train_begin(None, state, None, model=model)
     state.global_step = 1
     callback.on_step_end(None, state, None)

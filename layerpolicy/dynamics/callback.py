@@ -4,12 +4,14 @@ At the start of training it samples the probe (or takes a saved one) and scores 
 model (step 0); then every `every` optimizer steps it scores the probe again and appends the
 rows to OUT/dynamics.parquet (DYNAMICS_COLUMNS). Scoring reads the trainer's own weights: a
 bridge over a model of the same architecture is loaded once, and its parameters are then bound
-to the trainer's tensors (no second copy is kept, and no copy is made per step).
+to the trainer's tensors (no second copy is kept, and no copy is made per step; under LoRA the
+adapted weights are bound to W + ΔW, made per scoring).
 
 Processes: under DDP (every process holds the whole model) the main process scores and writes,
 the others go on to the next step's gradient sync and wait there. Parameters sharded across
-processes (FSDP, DeepSpeed ZeRO-3) and PEFT adapters are not read: the callback warns once and
-stays off (score the saved checkpoints with `layerpolicy entropy --responses` instead).
+processes (FSDP, DeepSpeed ZeRO-3), PEFT models training whole modules and non-LoRA adapters are
+not read: the callback warns once and stays off (score the saved checkpoints with `layerpolicy
+entropy --responses` instead).
 """
 
 from __future__ import annotations
@@ -162,10 +164,13 @@ class DynamicsCallback(TrainerCallback):
 
 def bind_parameters(bridged: torch.nn.Module, source: torch.nn.Module) -> None:
     """Point every parameter (and every buffer `source` also has) of `bridged`, a model a
-    TransformerBridge wraps, at the tensor of the same name in `source`; one line if a
+    TransformerBridge wraps, at the tensor of the same name in `source` (a PEFT model: at its
+    base weights with the active LoRA updates added, `merged_tensors`); one line if a
     parameter has no counterpart."""
-    parameters = dict(source.named_parameters())
+    parameters = merged_tensors(source)
     buffers = dict(source.named_buffers())
+    if hasattr(source, "peft_config"):
+        buffers = {_base_name(n): b for n, b in source.get_base_model().named_buffers()}
     for name, tensor in bridged.named_parameters():
         plain = name.replace(_BRIDGE_PART, "")
         match = parameters.get(plain)
@@ -174,11 +179,41 @@ def bind_parameters(bridged: torch.nn.Module, source: torch.nn.Module) -> None:
                 f"the trained model has no parameter {plain} of shape {tuple(tensor.shape)}; "
                 "pass model_location= naming the trained model's architecture"
             )
-        tensor.data = match.data
+        tensor.data = match
     for name, tensor in bridged.named_buffers():
         match = buffers.get(name.replace(_BRIDGE_PART, ""))
         if match is not None and match.shape == tensor.shape:  # the bridge's own ones stay
             tensor.data = match.data
+
+
+def merged_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights `model` computes with, by the plain model's parameter names: its parameters'
+    tensors as they are; for a PEFT model, each LoRA-adapted weight as a new tensor W + ΔW
+    (PEFT's own `get_delta_weight` of every active adapter), the trainer's tensors untouched."""
+    if not hasattr(model, "peft_config"):
+        return {name: p.data for name, p in model.named_parameters()}
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    tensors: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, module in base.named_modules():
+            if isinstance(module, LoraLayer):
+                weight = module.get_base_layer().weight
+                merged = weight.detach().clone()
+                for adapter in module.active_adapters:
+                    if adapter in module.lora_A or adapter in module.lora_embedding_A:
+                        merged += module.get_delta_weight(adapter).to(merged.dtype)
+                tensors[f"{name}.weight"] = merged
+        for name, parameter in base.named_parameters():
+            if "lora_" not in name:
+                tensors.setdefault(_base_name(name), parameter.data)
+    return tensors
+
+
+def _base_name(name: str) -> str:
+    """A PEFT base model's parameter name as the plain model has it."""
+    return name.replace(".base_layer", "")
 
 
 def _plain_model(model: Any) -> torch.nn.Module:
@@ -192,7 +227,10 @@ def _unreadable(model: Any) -> str | None:
     """Why the trainer's weights cannot be read whole on this process (None: they can)."""
     plain = _plain_model(model)
     if hasattr(plain, "peft_config"):
-        return "the model carries PEFT adapters (score the merged checkpoints instead)"
+        if any("modules_to_save" in name for name, _ in plain.named_parameters()):
+            return "the PEFT model trains whole modules (modules_to_save); score its checkpoints"
+        if any(config.peft_type != "LORA" for config in plain.peft_config.values()):
+            return "the PEFT adapters are not LoRA; score the merged checkpoints instead"
     from torch.distributed.tensor import DTensor
 
     for parameter in plain.parameters():
