@@ -54,6 +54,7 @@ def family_facts(family: str, run_dir: Path, out: Path) -> dict[str, Any]:
         "run": shown(str(run_dir)),
         "command": f"layerpolicy compare {shown(str(run_dir))} --by correct",
         "n_responses": counts,
+        "at_cap": int((run.responses["finish_reason"] == "length").sum()),
         "verifier": (run.record.get("responses") or {}).get("verifier"),
         "n_boot": settings["n_boot"],
         "seed": settings["seed"],

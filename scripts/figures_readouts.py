@@ -3,10 +3,10 @@
 Per family: its Jacobian lens (TransformerLens's `JacobianLens.fit` through
 `layerpolicy.readout.jacobian_fit`, on the first LENS_LIMITS[family] problems of LENS_PROMPTS,
 cached beside the model; fitted here when missing, resumably), then the responses saved by the
-family's raw run scored through that lens on the residual stream. `layerpolicy.comparison.compare`
-takes the raw and logit-lens runs as run directories beside it, so the three readouts read the
-same token ids. Writes `readouts_<metric>_<family>.png` for METRICS, readouts.csv (those rows)
-and record.json's "readouts" facts.
+family's raw run scored again on the residual stream through the logit lens and through that lens
+(`layerpolicy.comparison.compare` with `readouts`, the raw run given as a run directory beside
+them), so the three readouts read the same token ids. Writes `readouts_<metric>_<family>.png`
+for METRICS, readouts.csv (those rows) and record.json's "readouts" facts.
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ METRIC_TITLES = {"entropy": "entropy H(π^l)", "kl_to_final": "KL(π_θ ‖ π^l
 
 
 def readout_facts(
-    runs: Mapping[str, tuple[str, Path, Path]], base: RunSpec, cache: Path, out: Path
+    runs: Mapping[str, tuple[str, Path]], base: RunSpec, cache: Path, out: Path
 ) -> tuple[dict[str, Any], list[Path]]:
-    """record.json's "readouts": per family of `runs` (family -> its model spec and its raw and
-    logit-lens run directories) the lens, the Jacobian-lens run and each readout's shape
+    """record.json's "readouts": per family of `runs` (family -> its model spec and its raw run
+    directory, with responses) the lens, the Jacobian-lens run and each readout's shape
     statistics, scored with `base`'s device and analysis settings into `cache`; figures and
     TABLE into `out` (their paths returned beside the facts)."""
     compared = {
@@ -75,7 +75,7 @@ def readout_facts(
 
 
 def family_readouts(
-    family: str, model_spec: str, raw_dir: Path, lens_dir: Path, base: RunSpec, cache: Path
+    family: str, model_spec: str, raw_dir: Path, base: RunSpec, cache: Path
 ) -> tuple[CompareResult, dict[str, Any]]:
     """The three readouts of one family compared, and its facts (lens, run, shape per readout)."""
     model = ModelConfig(model_spec, device=base.model.device, offline=True)
@@ -86,11 +86,11 @@ def family_readouts(
         base.analysis,
     ).replace(readout="jacobian-lens", sites="resid", lens=str(lens))
     result = compare(
-        [str(raw_dir), str(lens_dir), model_spec],
+        [str(raw_dir), model_spec],
         spec,
+        readouts=READOUTS[1:],
         allow_mixed_readouts=True,
         cache=cache,
-        progress=False,
     )
     jacobian_run = result.runs[_label(result, "jacobian-lens")]
     command = [_home(shown(str(part))) for part in spec.to_argv()]

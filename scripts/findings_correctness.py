@@ -68,8 +68,16 @@ def _method(facts: dict[str, Any], title: str) -> str:
     first = next(iter(facts["models"].values()))
     verifier = first.get("verifier")
     grader = f"{verifier['name']} {verifier['version']}" if verifier else "the verifier"
+    budget = facts.get("max_new_tokens")
+    sampled = (
+        f"The same {title} problems are sampled again under the protocol above but with room for "
+        f"{budget} response tokens, so that most answers end (the profiles above cut at fewer), "
+        "and the raw readout scores them at every site. Each response "
+        if budget
+        else f"Each {title} response of the raw-readout runs above "
+    )
     return (
-        f"Each {title} response of the raw-readout runs above is graded by {grader} against the "
+        f"{sampled}is graded by {grader} against the "
         "problem's answer (only the last `\\boxed{}` of a response counts: one without a box is "
         "incorrect; [docs/training.md](docs/training.md#reward)), and the profiles of correct "
         "and incorrect responses are compared as `layerpolicy compare RUN --by correct` compares "
@@ -84,9 +92,10 @@ def _counts(model: dict[str, Any], min_group: int) -> str:
     n = model["n_responses"]
     total = n["correct"] + n["incorrect"] + n.get("ungraded", 0)
     ungraded = f" ({n['ungraded']} ungraded)" if n.get("ungraded") else ""
+    cut = f", {model['at_cap']} of them cut at the cap" if "at_cap" in model else ""
     text = (
         f"**{model['model']}**: {n['correct']} correct and {n['incorrect']} incorrect of "
-        f"{total} responses{ungraded}"
+        f"{total} responses{ungraded}{cut}"
     )
     if model["compared"]:
         return f"{text} (`{model['command']}`):"

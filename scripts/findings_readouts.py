@@ -65,8 +65,13 @@ def figure_text(stem: str) -> str | None:
 
 
 def _method(facts: dict[str, Any], record: dict[str, Any]) -> str:
+    runs = (
+        f"the graded runs' responses, up to {facts['max_new_tokens']} tokens"
+        if facts.get("max_new_tokens")
+        else "the raw runs' responses"
+    )
     return (
-        "The same response tokens (those the raw runs above sampled, scored again from their "
+        f"The same response tokens ({runs}, scored again from their "
         "`responses.parquet`) read three ways on the residual stream: the raw readout "
         "`softmax(x W_U)`, the logit lens `softmax(LN_final(x) W_U)` and the Jacobian lens "
         "`softmax(LN_final(J_l x) W_U)`, where J_l is the mean Jacobian of the last layer's "

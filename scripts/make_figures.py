@@ -44,7 +44,10 @@ from .tour import REPO, quick_tour, shown
 FAMILIES = ("qwen", "llama")
 SEED = 0
 LIMIT = 24  # MATH-500 problems per model
-GENERATE = 320  # most response tokens per problem: most answers end within it, so can be graded
+GENERATE = 192  # most response tokens per problem
+# The graded part (profiles by correctness, three readouts) samples the same problems again with
+# room for most answers to end, so that they can be graded: at 192 tokens nearly all are cut.
+GRADED_GENERATE = 320
 BATCH = 16  # problems per sampling call and per scored batch
 # The README's showcase: BuPO against plain GRPO at equal budget on the builtin problems that
 # Qwen2.5-Coder-0.5B-Instruct solves sometimes (RUNS/showcase-*/run.json records the settings;
@@ -88,8 +91,8 @@ def main(argv: list[str] | None = None) -> None:
         finished_record(showcase_dir(args.runs, label), spec)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    if args.part == "showcase":
-        showcase_part(args, out, started)
+    if args.part != "all":
+        {"showcase": showcase_part, "graded": graded_part}[args.part](args, out, started)
         return
     raw, lens = family_runs(args)
     tour = quick_tour(raw, analysis_specs(args)["raw"], args.runs, out, FAMILIES)
@@ -97,34 +100,58 @@ def main(argv: list[str] | None = None) -> None:
 
     vocab_sizes = raw.comparison.set_index("model")["vocab_size"].astype(int).to_dict()
     written = family_figures(FAMILIES, raw.summaries, lens.summaries, vocab_sizes, out)
-    runs_by = zip(FAMILIES, raw.runs.values(), lens.runs.values(), strict=True)
-    dirs = {family: (family, raw_dir, lens_dir) for family, raw_dir, lens_dir in runs_by}
-    readouts, drawn = readout_facts(dirs, analysis_specs(args)["raw"], args.runs / "cache", out)
-    written += drawn + showcase_figures(runs, out)
+    written += showcase_figures(runs, out)
     write_tables(raw, lens, out)
     paired = write_showcase_tables(runs, out)
     commands = {label: shlex.join(train_argv(SHOWCASE[label], runs[label].path)) for label in runs}
     facts = showcase_facts(runs, paired, commands)
-    by_correct = correctness_facts(dict(zip(FAMILIES, raw.runs.values(), strict=True)), out)
     record = {**run_record(FAMILIES, raw, lens, facts, written), "quick_tour": tour}
-    record["by_correct"] = by_correct
-    record["readouts"] = readouts
-    write_record_and_readme(record, args.readme, out, len(written), started)
+    graded, drawn = graded_facts(args, out)
+    record["figures"] += [p.name for p in drawn]
+    write_record_and_readme({**record, **graded}, args.readme, out, len(written + drawn), started)
+
+
+def graded_part(args: argparse.Namespace, out: Path, started: float) -> None:
+    """`--part graded`: the profiles by correctness and the three readouts from the graded runs;
+    the family analyses and the training showcase already in `out` are kept as they are."""
+    record = kept_record(out, prefixes=("by_correct_", "readouts_"))
+    graded, drawn = graded_facts(args, out)
+    record["figures"] += [p.name for p in drawn]
+    write_record_and_readme({**record, **graded}, args.readme, out, len(drawn), started)
+
+
+def graded_facts(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], list[Path]]:
+    """record.json's "by_correct" and "readouts" from each family's graded run (`graded_spec`,
+    through the run cache), and the figures they drew into `out`."""
+    spec = graded_spec(args)
+    graded = compare(FAMILIES, spec, cache=args.runs / "cache")
+    raw_dirs = dict(zip(FAMILIES, graded.runs.values(), strict=True))
+    by_correct = correctness_facts(raw_dirs, out)
+    dirs = {family: (family, raw_dir) for family, raw_dir in raw_dirs.items()}
+    readouts, drawn = readout_facts(dirs, spec, args.runs / "cache", out)
+    by_correct["max_new_tokens"] = readouts["max_new_tokens"] = spec.prompts.generate
+    return {"by_correct": by_correct, "readouts": readouts}, drawn
+
+
+def kept_record(out: Path, prefixes: tuple[str, ...]) -> dict[str, Any]:
+    """record.json of `out` without the figures named with `prefixes` (a part redraws them)."""
+    record_path = out / RECORD
+    if not record_path.is_file():
+        raise SystemExit(f"{record_path} is missing; run make figures once without --part")
+    record = read_json(record_path)
+    record["figures"] = [name for name in record["figures"] if not name.startswith(prefixes)]
+    return record
 
 
 def showcase_part(args: argparse.Namespace, out: Path, started: float) -> None:
     """`--part showcase`: the training showcase's figures, tables and facts from its runs; the
     family analyses' facts, figures and tables already in `out` are kept as they are."""
-    record_path = out / RECORD
-    if not record_path.is_file():
-        raise SystemExit(f"{record_path} is missing; run make figures once without --part")
+    record = kept_record(out, prefixes=("bupo_", "showcase_"))
     runs = showcase_runs(args.runs, args.device)
     written = showcase_figures(runs, out)
     paired = write_showcase_tables(runs, out)
     commands = {label: shlex.join(train_argv(SHOWCASE[label], runs[label].path)) for label in runs}
-    record = {key: value for key, value in read_json(record_path).items() if key != "bupo"}
-    kept = [name for name in record["figures"] if not name.startswith(("bupo_", "showcase_"))]
-    record["figures"] = kept + [p.name for p in written]
+    record["figures"] += [p.name for p in written]
     record["showcase"] = showcase_facts(runs, paired, commands)
     write_record_and_readme(record, args.readme, out, len(written), started)
 
@@ -161,6 +188,12 @@ def analysis_specs(args: argparse.Namespace) -> dict[str, RunSpec]:
     return {"raw": raw, "logit-lens": raw.replace(readout="logit-lens", sites="resid")}
 
 
+def graded_spec(args: argparse.Namespace) -> RunSpec:
+    """The raw-readout analysis of the graded part: the family protocol with up to
+    `--graded-generate` response tokens."""
+    return analysis_specs(args)["raw"].replace(generate=args.graded_generate)
+
+
 def family_runs(args: argparse.Namespace) -> tuple[CompareResult, CompareResult]:
     """Both families under each of `analysis_specs`, through the run cache in `--runs`."""
     specs = analysis_specs(args)
@@ -187,10 +220,17 @@ def _parser() -> argparse.ArgumentParser:
         help=f"most response tokens sampled and scored per problem (default {GENERATE})",
     )
     parser.add_argument(
+        "--graded-generate",
+        type=int,
+        default=GRADED_GENERATE,
+        help=f"most response tokens of the graded part's runs (default {GRADED_GENERATE})",
+    )
+    parser.add_argument(
         "--part",
-        choices=("all", "showcase"),
+        choices=("all", "showcase", "graded"),
         default="all",
-        help="all (default), or only the training showcase (keeps the family analyses in --out)",
+        help="all (default); showcase: only the training showcase; graded: only the profiles by "
+        "correctness and the three readouts (both keep the rest of --out)",
     )
     parser.add_argument("--out", type=Path, default=REPO / "figures", help="output directory")
     parser.add_argument(

@@ -115,9 +115,17 @@ def test_the_rendering_quotes_the_table_the_counts_and_the_intervals(written):
     assert f"graded by math-verify {version}" in flat
     assert "A group of fewer than 3 responses is not compared." in flat
     assert "correct and 3 incorrect of 6 responses" in flat
+    few = facts["models"]["llama"]
     assert (
-        f"**{facts['models']['llama']['model']}**: 1 correct and 5 incorrect of 6 responses: too "
-        "few correct responses to compare (a group needs at least 3), so no profile" in flat
+        f"**{few['model']}**: 1 correct and 5 incorrect of 6 responses, {few['at_cap']} of them "
+        "cut at the cap: too few correct responses to compare (a group needs at least 3), so no "
+        "profile" in flat
+    )
+    graded = findings_correctness.render_correctness(
+        {**record, "by_correct": {**facts, "max_new_tokens": 320}}, out
+    )
+    assert "sampled again under the protocol above but with room for 320 response tokens" in (
+        " ".join(" ".join(graded).split())
     )
     assert text.count("<img") == 2 and "by_correct_entropy_qwen.png" in text
     rows = pd.read_csv(out / facts["models"]["qwen"]["table"])

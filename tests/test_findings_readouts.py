@@ -47,7 +47,7 @@ def compared(tiny_dirs, tmp_path_factory, analysis_config):
             out=root / "logit-lens",
             progress=False,
         )
-        runs = {"qwen": (str(tiny_dirs["qwen2"]), raw.path, lens_run.path)}
+        runs = {"qwen": (str(tiny_dirs["qwen2"]), raw.path)}
         base = spec.replace(n_boot=AnalysisConfig().n_boot)  # the command line has no --n-boot
         facts, written = figures_readouts.readout_facts(runs, base, root / "cache", root / "out")
     finally:
