@@ -65,8 +65,8 @@ def render_findings(figures_dir: Path) -> str:
         *_readings(comparison),
         _paper_contrast(record, comparison),
         *_profiles(record),
-        *render_readouts(record, figures_dir),
         *render_correctness(record, figures_dir),
+        *render_readouts(record, figures_dir),
         *render_showcase(record, figures_dir),
     ]
     return "\n\n".join(wrap(p) for p in parts if p)

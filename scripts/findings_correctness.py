@@ -33,7 +33,8 @@ def render_correctness(record: dict[str, Any], figures_dir: Path) -> list[str]:
     facts = record.get("by_correct")
     if not facts:
         return []
-    parts = ["### Profiles by correctness", _method(facts, record["prompts"]["title"])]
+    cap = record.get("sampling", {}).get("max_new_tokens")
+    parts = ["### Profiles by correctness", _method(facts, record["prompts"]["title"], cap)]
     for family in record["families"]:
         model = facts["models"].get(family)
         if model is None:
@@ -64,14 +65,15 @@ def correctness_files(record: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _method(facts: dict[str, Any], title: str) -> str:
+def _method(facts: dict[str, Any], title: str, cap: int | None) -> str:
     first = next(iter(facts["models"].values()))
     verifier = first.get("verifier")
     grader = f"{verifier['name']} {verifier['version']}" if verifier else "the verifier"
     budget = facts.get("max_new_tokens")
     sampled = (
         f"The same {title} problems are sampled again under the protocol above but with room for "
-        f"{budget} response tokens, so that most answers end (the profiles above cut at fewer), "
+        f"{budget} response tokens, so that most answers end (the profiles above cut them at "
+        f"{cap or 'fewer'}), "
         "and the raw readout scores them at every site. Each response "
         if budget
         else f"Each {title} response of the raw-readout runs above "

@@ -66,7 +66,8 @@ def figure_text(stem: str) -> str | None:
 
 def _method(facts: dict[str, Any], record: dict[str, Any]) -> str:
     runs = (
-        f"the graded runs' responses, up to {facts['max_new_tokens']} tokens"
+        f"the graded responses of the profiles by correctness, up to {facts['max_new_tokens']} "
+        "tokens"
         if facts.get("max_new_tokens")
         else "the raw runs' responses"
     )
