@@ -85,8 +85,10 @@ def main() -> int:
             seconds, ids = timed(model, prompts, config)
             tokens = sum(len(r) for r in ids.values())
             rows.append((label, batch, seconds, tokens / seconds, ids))
-    print(f"{args.prompts} prompts x {args.tokens} new tokens, {args.device}, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"{args.prompts} prompts x {args.tokens} new tokens, {args.device}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(f"{'sampling':<14} {'batch':>5} {'seconds':>8} {'tokens/s':>9}")
     for label, batch, seconds, rate, _ in rows:
         print(f"{label:<14} {batch:>5} {seconds:>8.2f} {rate:>9.1f}")

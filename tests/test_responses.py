@@ -31,6 +31,8 @@ from layerpolicy.tables.schema import RESPONSE_COLUMNS
 from tests.sampled import PROBLEMS, sample_problems
 
 KEYS = ["prompt_id", "sample", "position", "token_id"]
+
+
 @pytest.fixture(scope="module")
 def sampled(tiny_dirs, tmp_path_factory, analysis_config):
     """A --generate run of 3 prompts with answers, 2 responses each, on tiny Qwen2, scored on one

@@ -182,4 +182,3 @@ def _bridge_reads_cache(model: LoadedModel) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
-
