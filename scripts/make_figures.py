@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     if args.part != "all":
-        {"showcase": showcase_part, "graded": graded_part}[args.part](args, out, started)
+        parts = {"showcase": showcase_part, "correctness": correctness_part}
+        {**parts, "readouts": readouts_part}[args.part](args, out, started)
         return
     raw, lens = family_runs(args)
     tour = quick_tour(raw, analysis_specs(args)["raw"], args.runs, out, FAMILIES)
@@ -106,31 +107,50 @@ def main(argv: list[str] | None = None) -> None:
     commands = {label: shlex.join(train_argv(SHOWCASE[label], runs[label].path)) for label in runs}
     facts = showcase_facts(runs, paired, commands)
     record = {**run_record(FAMILIES, raw, lens, facts, written), "quick_tour": tour}
-    graded, drawn = graded_facts(args, out)
+    runs_graded, spec = graded_runs(args), graded_spec(args)
+    record["by_correct"] = correctness_record(runs_graded, spec, out)
+    record["readouts"], drawn = readouts_record(runs_graded, spec, args, out)
     record["figures"] += [p.name for p in drawn]
-    write_record_and_readme({**record, **graded}, args.readme, out, len(written + drawn), started)
+    write_record_and_readme(record, args.readme, out, len(written + drawn), started)
 
 
-def graded_part(args: argparse.Namespace, out: Path, started: float) -> None:
-    """`--part graded`: the profiles by correctness and the three readouts from the graded runs;
-    the family analyses and the training showcase already in `out` are kept as they are."""
-    record = kept_record(out, prefixes=("by_correct_", "readouts_"))
-    graded, drawn = graded_facts(args, out)
+def correctness_part(args: argparse.Namespace, out: Path, started: float) -> None:
+    """`--part correctness`: the profiles by correctness from the graded runs; the rest of
+    `out` is kept as it is."""
+    record = kept_record(out, prefixes=())
+    record["by_correct"] = correctness_record(graded_runs(args), graded_spec(args), out)
+    write_record_and_readme(record, args.readme, out, 0, started)
+
+
+def readouts_part(args: argparse.Namespace, out: Path, started: float) -> None:
+    """`--part readouts`: the three readouts from the graded runs' responses; the rest of
+    `out` is kept as it is."""
+    record = kept_record(out, prefixes=("readouts_",))
+    readouts, drawn = readouts_record(graded_runs(args), graded_spec(args), args, out)
+    record["readouts"] = readouts
     record["figures"] += [p.name for p in drawn]
-    write_record_and_readme({**record, **graded}, args.readme, out, len(drawn), started)
+    write_record_and_readme(record, args.readme, out, len(drawn), started)
 
 
-def graded_facts(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], list[Path]]:
-    """record.json's "by_correct" and "readouts" from each family's graded run (`graded_spec`,
-    through the run cache), and the figures they drew into `out`."""
-    spec = graded_spec(args)
-    graded = compare(FAMILIES, spec, cache=args.runs / "cache")
-    raw_dirs = dict(zip(FAMILIES, graded.runs.values(), strict=True))
-    by_correct = correctness_facts(raw_dirs, out)
-    dirs = {family: (family, raw_dir) for family, raw_dir in raw_dirs.items()}
+def graded_runs(args: argparse.Namespace) -> dict[str, Path]:
+    """Each family's graded run directory (`graded_spec`, analysed or loaded through the run
+    cache), by family."""
+    graded = compare(FAMILIES, graded_spec(args), cache=args.runs / "cache")
+    return dict(zip(FAMILIES, graded.runs.values(), strict=True))
+
+
+def correctness_record(runs: dict[str, Path], spec: RunSpec, out: Path) -> dict[str, Any]:
+    """record.json's "by_correct" from the graded runs (their figures and tables into `out`)."""
+    return {**correctness_facts(runs, out), "max_new_tokens": spec.prompts.generate}
+
+
+def readouts_record(
+    runs: dict[str, Path], spec: RunSpec, args: argparse.Namespace, out: Path
+) -> tuple[dict[str, Any], list[Path]]:
+    """record.json's "readouts" from the graded runs, and the figures drawn into `out`."""
+    dirs = {family: (family, raw_dir) for family, raw_dir in runs.items()}
     readouts, drawn = readout_facts(dirs, spec, args.runs / "cache", out)
-    by_correct["max_new_tokens"] = readouts["max_new_tokens"] = spec.prompts.generate
-    return {"by_correct": by_correct, "readouts": readouts}, drawn
+    return {**readouts, "max_new_tokens": spec.prompts.generate}, drawn
 
 
 def kept_record(out: Path, prefixes: tuple[str, ...]) -> dict[str, Any]:
@@ -227,10 +247,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--part",
-        choices=("all", "showcase", "graded"),
+        choices=("all", "showcase", "correctness", "readouts"),
         default="all",
-        help="all (default); showcase: only the training showcase; graded: only the profiles by "
-        "correctness and the three readouts (both keep the rest of --out)",
+        help="all (default), or only the training showcase, the profiles by correctness or the "
+        "three readouts (each keeps the rest of --out)",
     )
     parser.add_argument("--out", type=Path, default=REPO / "figures", help="output directory")
     parser.add_argument(
