@@ -72,8 +72,8 @@ def _method(facts: dict[str, Any], title: str, cap: int | None) -> str:
     budget = facts.get("max_new_tokens")
     sampled = (
         f"The same {title} problems are sampled again under the protocol above but with room for "
-        f"{budget} response tokens, so that most answers end (the profiles above cut them at "
-        f"{cap or 'fewer'}), "
+        f"{budget} response tokens (the profiles above cut them at {cap or 'fewer'}), so that more "
+        "answers reach their end, "
         "and the raw readout scores them at every site. Each response "
         if budget
         else f"Each {title} response of the raw-readout runs above "
