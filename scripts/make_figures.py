@@ -32,8 +32,7 @@ from layerpolicy.report.figures import family_figures, showcase_figures
 from layerpolicy.runs import atomic_path, read_json, write_json
 from layerpolicy.spec import RunSpec, check_settings
 
-from .figures_correctness import correctness_facts
-from .figures_readouts import readout_facts
+from .figures_graded import correctness_record, graded_runs, readouts_record
 from .figures_record import run_record, write_tables
 from .figures_showcase import ShowcaseRun, showcase_facts, write_showcase_tables
 from .findings_files import render_figures_readme
@@ -107,9 +106,10 @@ def main(argv: list[str] | None = None) -> None:
     commands = {label: shlex.join(train_argv(SHOWCASE[label], runs[label].path)) for label in runs}
     facts = showcase_facts(runs, paired, commands)
     record = {**run_record(FAMILIES, raw, lens, facts, written), "quick_tour": tour}
-    runs_graded, spec = graded_runs(args), graded_spec(args)
+    spec, cache = graded_spec(args), args.runs / "cache"
+    runs_graded = graded_runs(FAMILIES, spec, cache)
     record["by_correct"] = correctness_record(runs_graded, spec, out)
-    record["readouts"], drawn = readouts_record(runs_graded, spec, args, out)
+    record["readouts"], drawn = readouts_record(runs_graded, spec, cache, out)
     record["figures"] += [p.name for p in drawn]
     write_record_and_readme(record, args.readme, out, len(written + drawn), started)
 
@@ -118,7 +118,9 @@ def correctness_part(args: argparse.Namespace, out: Path, started: float) -> Non
     """`--part correctness`: the profiles by correctness from the graded runs; the rest of
     `out` is kept as it is."""
     record = kept_record(out, prefixes=())
-    record["by_correct"] = correctness_record(graded_runs(args), graded_spec(args), out)
+    spec = graded_spec(args)
+    runs = graded_runs(FAMILIES, spec, args.runs / "cache")
+    record["by_correct"] = correctness_record(runs, spec, out)
     write_record_and_readme(record, args.readme, out, 0, started)
 
 
@@ -126,31 +128,11 @@ def readouts_part(args: argparse.Namespace, out: Path, started: float) -> None:
     """`--part readouts`: the three readouts from the graded runs' responses; the rest of
     `out` is kept as it is."""
     record = kept_record(out, prefixes=("readouts_",))
-    readouts, drawn = readouts_record(graded_runs(args), graded_spec(args), args, out)
+    spec, cache = graded_spec(args), args.runs / "cache"
+    readouts, drawn = readouts_record(graded_runs(FAMILIES, spec, cache), spec, cache, out)
     record["readouts"] = readouts
     record["figures"] += [p.name for p in drawn]
     write_record_and_readme(record, args.readme, out, len(drawn), started)
-
-
-def graded_runs(args: argparse.Namespace) -> dict[str, Path]:
-    """Each family's graded run directory (`graded_spec`, analysed or loaded through the run
-    cache), by family."""
-    graded = compare(FAMILIES, graded_spec(args), cache=args.runs / "cache")
-    return dict(zip(FAMILIES, graded.runs.values(), strict=True))
-
-
-def correctness_record(runs: dict[str, Path], spec: RunSpec, out: Path) -> dict[str, Any]:
-    """record.json's "by_correct" from the graded runs (their figures and tables into `out`)."""
-    return {**correctness_facts(runs, out), "max_new_tokens": spec.prompts.generate}
-
-
-def readouts_record(
-    runs: dict[str, Path], spec: RunSpec, args: argparse.Namespace, out: Path
-) -> tuple[dict[str, Any], list[Path]]:
-    """record.json's "readouts" from the graded runs, and the figures drawn into `out`."""
-    dirs = {family: (family, raw_dir) for family, raw_dir in runs.items()}
-    readouts, drawn = readout_facts(dirs, spec, args.runs / "cache", out)
-    return {**readouts, "max_new_tokens": spec.prompts.generate}, drawn
 
 
 def kept_record(out: Path, prefixes: tuple[str, ...]) -> dict[str, Any]:
