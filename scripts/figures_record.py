@@ -90,10 +90,17 @@ def model_facts(raw_run: Path, lens_run: Path) -> dict[str, Any]:
         "hub_id": packaged.hf_name if packaged else None,
         **{key: model.get(key) for key in ("quantisation", "dtype", "device")},
         "thinking": raw["prompts"].get("thinking"),
+        "chat_template": packaged.chat_template if packaged else None,
         "responses": len(lengths),
         "response_tokens": int(lengths.sum()),
         "responses_at_cap": int((lengths >= raw["sampling"]["max_new_tokens"]).sum()),
         "truncated_prompts": raw.get("truncated_prompts", 0),
         "seconds": {"raw": raw["timings"]["score_s"], "logit-lens": lens["timings"]["score_s"]},
         "runs": {"raw": shown(str(raw_run)), "logit-lens": shown(str(lens_run))},
+        "lens_reads_raw_responses": _same_dir((lens.get("responses") or {}).get("source"), raw_run),
     }
+
+
+def _same_dir(path: str | None, directory: Path) -> bool:
+    """True when `path` names `directory`."""
+    return path is not None and Path(path).resolve() == directory.resolve()

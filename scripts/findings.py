@@ -26,6 +26,7 @@ from .findings_format import (
     RECORD,
     SUMMARY,
     ci,
+    count_word,
     device_phrase,
     duration,
     img,
@@ -38,6 +39,7 @@ from .findings_format import (
 from .findings_readouts import render_readouts
 
 READOUT_TITLES = {"raw": "Raw readout", "logit-lens": "Logit lens"}
+SIDES = {2: ["left", "right"], 3: ["left", "middle", "right"]}
 PAPER = "[Tan et al., arXiv 2512.19673](https://arxiv.org/abs/2512.19673)"
 
 
@@ -53,7 +55,7 @@ def render_findings(figures_dir: Path) -> str:
         "Entropies are in nats.",
         _protocol(record),
         _weights(record),
-        "### Two models on relative depth",
+        f"### {count_word(len(record['families'])).capitalize()} models on relative depth",
         "Residual-stream entropy per layer on relative depth l/L, mean over problems with 95% "
         "bootstrap bands; left the paper's raw readout `softmax(x W_U)`, right the logit lens "
         "`softmax(LN_final(x) W_U)`:",
@@ -84,7 +86,7 @@ def _readings(comparison: pd.DataFrame) -> list[str]:
 def _profiles(record: dict[str, Any]) -> list[str]:
     """The per-model profile and entropy-change figures, one row each."""
     families = record["families"]
-    sides = ["left", "right"] if len(families) == 2 else [f"#{i + 1}" for i in range(len(families))]
+    sides = SIDES.get(len(families)) or [f"#{i + 1}" for i in range(len(families))]
     labels = ", ".join(
         f"{record['models'][f]['name']} {side}" for f, side in zip(families, sides, strict=True)
     )
@@ -97,7 +99,7 @@ def _profiles(record: dict[str, Any]) -> list[str]:
         f"Per model ({labels}): the entropy of every site per layer with the RMS norm of each "
         "readout below, then ΔH_attn and ΔH_mlp per layer (raw readout):",
         "\n".join(rows),
-        "Both models' module entropy changes on relative depth: "
+        f"{_all_of(len(families))} models' module entropy changes on relative depth: "
         "[figures/compare_entropy_change.png](figures/compare_entropy_change.png).",
     ]
 
@@ -117,8 +119,9 @@ def _protocol(record: dict[str, Any]) -> str:
         f"seed per response, from seed {sampling['seed']}), at most {sampling['max_new_tokens']} "
         f"tokens, {thinking_phrase(models)}. Only the response tokens are scored ({scored}). "
         "Readouts: raw `softmax(x W_U)` at every site, and the logit lens "
-        "`softmax(LN_final(x) W_U)` on the residual stream. Each problem's per-token values are "
-        "averaged first (per-prompt means); the tables quote the mean over problems of these, "
+        f"`softmax(LN_final(x) W_U)` on the residual stream{_lens_tokens(models)}. Each "
+        "problem's per-token values are averaged first (per-prompt means); the tables quote "
+        "the mean over problems of these, "
         f"with a 95% percentile-bootstrap interval over problems ({stats['n_boot']} resamples), "
         "and the pooled mean over all scored tokens. Compute: "
         + "; ".join(
@@ -129,6 +132,18 @@ def _protocol(record: dict[str, Any]) -> str:
         )
         + "."
     )
+
+
+def _all_of(n: int) -> str:
+    """ "Both" for two, "The three" for three: all the models, as the sentence starts."""
+    return "Both" if n == 2 else f"The {count_word(n)}"
+
+
+def _lens_tokens(models: list[dict[str, Any]]) -> str:
+    """What the logit-lens runs scored, when they scored the raw runs' saved responses."""
+    if all(m.get("lens_reads_raw_responses") for m in models):
+        return " of the same responses (the raw runs' saved responses, scored again)"
+    return ""
 
 
 def _prompt_source(prompts: dict[str, Any]) -> str:

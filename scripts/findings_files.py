@@ -17,9 +17,11 @@ FIGURE_TEXT = {  # figure name -> what figures/README.md says it shows
     "entropy_profile_llama": "the same for the Llama-architecture model",
     "entropy_change_qwen": "Qwen's ΔH_attn and ΔH_mlp per layer, coloured by sign",
     "entropy_change_llama": "the same for the Llama-architecture model",
-    "compare_entropy": "residual entropy of both models on relative depth l/L (raw readout)",
+    "entropy_profile_gemma": "the same for Gemma 3 (module readouts at the post-norm outputs)",
+    "entropy_change_gemma": "the same for Gemma 3",
+    "compare_entropy": "residual entropy of every model on relative depth l/L (raw readout)",
     "compare_entropy_logit_lens": "the same with the logit lens (final norm applied first)",
-    "compare_entropy_change": "ΔH_attn and ΔH_mlp of both models on relative depth",
+    "compare_entropy_change": "ΔH_attn and ΔH_mlp of every model on relative depth",
     **SHOWCASE_FIGURE_TEXT,
 }
 
@@ -64,7 +66,13 @@ def render_figures_readme(record: dict[str, Any]) -> str:
         )
         + ".",
         "- Readouts: raw `softmax(x W_U)` at every site (`--sites paper`); logit lens "
-        "`softmax(LN_final(x) W_U)` on the residual stream only (`--sites resid`).",
+        "`softmax(LN_final(x) W_U)` on the residual stream only (`--sites resid`)"
+        + (
+            ", scoring the responses the raw run saved (`--responses RUN`), so both read the "
+            "same tokens."
+            if all(m.get("lens_reads_raw_responses") for m in models)
+            else "."
+        ),
         f"- Statistics: per-prompt means (each problem's mean over its response tokens), then "
         f"their mean over problems with a 95% percentile bootstrap over problems "
         f"({stats['n_boot']} resamples, seed {stats['seed']}); `pooled_mean` in summary.csv is "

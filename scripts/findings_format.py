@@ -44,7 +44,21 @@ def wrap(part: str) -> str:
 
 
 def thinking_phrase(models: list[dict[str, Any]]) -> str:
-    """How the chat templates were applied, from each model's recorded thinking mode."""
+    """How the chat templates were applied, from each model's recorded thinking mode; a model
+    packaged without a chat template (`chat_template` False) reads the problem as plain text."""
+    plain = [m["name"] for m in models if m.get("chat_template") is False]
+    templated = [m for m in models if m.get("chat_template") is not False]
+    if not plain:
+        return _template_phrase(models)
+    without = (
+        f"{', '.join(plain)} without one (a pretrained model with no chat template: the problem "
+        "as plain text)"
+    )
+    return f"{_template_phrase(templated)}; {without}" if templated else without
+
+
+def _template_phrase(models: list[dict[str, Any]]) -> str:
+    """How the chat templates of `models` were applied, from their recorded thinking modes."""
     modes = {m["thinking"] for m in models}
     if modes == {None}:
         return "with the chat template, which has no thinking switch here (no thinking mode)"
@@ -56,6 +70,11 @@ def thinking_phrase(models: list[dict[str, Any]]) -> str:
         + ", ".join(f"{m['name']}: {words[m['thinking']]}" for m in models)
         + ")"
     )
+
+
+def count_word(n: int) -> str:
+    """`n` as an English word where it is small ("three"), else as digits."""
+    return {2: "two", 3: "three", 4: "four", 5: "five"}.get(n, str(n))
 
 
 def img(name: str, width: str) -> str:

@@ -1,14 +1,15 @@
 """Regenerate the README's figures, their tables and its generated blocks (`make figures`).
 
-From the real packaged models, offline: the `qwen` and `llama` aliases resolve to
-Qwen2.5-Coder-0.5B-Instruct and SmolLM2-135M-Instruct (Llama architecture), dequantised from
-their GGUF files. Under the paper's protocol (`protocol()`): each model's own response to each of
-the first `--limit` MATH-500 problems, sampled at T = 1 with nothing but the temperature,
-no-thinking template, response tokens scored; the raw readout at every site and the logit lens on
-the residual stream, through `layerpolicy.comparison` and its run cache, so a finished run is
-loaded, not recomputed. The BuPO-against-GRPO showcase comes from two training runs in `--runs`
-(showcase-bupo/ and showcase-grpo/), trained here as SHOWCASE says when missing and resumed when
-unfinished.
+From the real packaged models, offline: the `qwen`, `llama` and `gemma` aliases resolve to
+Qwen2.5-Coder-0.5B-Instruct, SmolLM2-135M-Instruct (Llama architecture) and Gemma-3-270m
+(pretrained), dequantised from their GGUF files. Under the paper's protocol (`protocol()`): each
+model's own response to each of the first `--limit` MATH-500 problems, sampled at T = 1 with
+nothing but the temperature, no-thinking template, response tokens scored; the raw readout at every
+site and the logit lens on the residual stream of the same responses (scripts/figures_families.py),
+through `layerpolicy.comparison` and its run cache, so a finished run is loaded, not recomputed.
+The graded part (profiles by correctness, three readouts) reads GRADED_FAMILIES. The BuPO-against-
+GRPO showcase comes from two training runs in `--runs` (showcase-bupo/ and showcase-grpo/), trained
+here as SHOWCASE says when missing and resumed when unfinished.
 
 Writes into `--out` (figures/): PNGs (`layerpolicy.report.figures`), the tables and record.json
 (scripts/figures_record.py), the Quick tour's outputs (scripts/tour.py) and README.md
@@ -26,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import layerpolicy as lp
-from layerpolicy.comparison import CompareResult, compare
 from layerpolicy.config import AnalysisConfig, ModelConfig, PromptConfig
 from layerpolicy.report.figures import family_figures, showcase_figures
 from layerpolicy.runs import atomic_path, read_json, write_json
 from layerpolicy.spec import RunSpec, check_settings
 
+from .figures_families import family_runs
 from .figures_graded import correctness_record, graded_runs, readouts_record
 from .figures_record import run_record, write_tables
 from .figures_showcase import ShowcaseRun, showcase_facts, write_showcase_tables
@@ -40,7 +41,10 @@ from .findings_format import RECORD
 from .readme_blocks import check_markers, update_readme
 from .tour import REPO, quick_tour, shown
 
-FAMILIES = ("qwen", "llama")
+FAMILIES = ("qwen", "llama", "gemma")  # the family comparison
+# The graded part (profiles by correctness, three readouts) reads the two smaller families: a
+# Gemma-3-270m graded run and lens would add about 3 CPU-hours here.
+GRADED_FAMILIES = ("qwen", "llama")
 SEED = 0
 LIMIT = 24  # MATH-500 problems per model
 GENERATE = 192  # most response tokens per problem
@@ -94,8 +98,8 @@ def main(argv: list[str] | None = None) -> None:
         parts = {"showcase": showcase_part, "correctness": correctness_part}
         {**parts, "readouts": readouts_part}[args.part](args, out, started)
         return
-    raw, lens = family_runs(args)
-    tour = quick_tour(raw, analysis_specs(args)["raw"], args.runs, out, FAMILIES)
+    raw, lens = family_runs(FAMILIES, raw_spec(args), args.runs / "cache")
+    tour = quick_tour(raw, raw_spec(args), args.runs, out, FAMILIES)
     runs = showcase_runs(args.runs, args.device)
 
     vocab_sizes = raw.comparison.set_index("model")["vocab_size"].astype(int).to_dict()
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     facts = showcase_facts(runs, paired, commands)
     record = {**run_record(FAMILIES, raw, lens, facts, written), "quick_tour": tour}
     spec, cache = graded_spec(args), args.runs / "cache"
-    runs_graded = graded_runs(FAMILIES, spec, cache)
+    runs_graded = graded_runs(GRADED_FAMILIES, spec, cache)
     record["by_correct"] = correctness_record(runs_graded, spec, out)
     record["readouts"], drawn = readouts_record(runs_graded, spec, cache, out)
     record["figures"] += [p.name for p in drawn]
@@ -119,7 +123,7 @@ def correctness_part(args: argparse.Namespace, out: Path, started: float) -> Non
     `out` is kept as it is."""
     record = kept_record(out, prefixes=())
     spec = graded_spec(args)
-    runs = graded_runs(FAMILIES, spec, args.runs / "cache")
+    runs = graded_runs(GRADED_FAMILIES, spec, args.runs / "cache")
     record["by_correct"] = correctness_record(runs, spec, out)
     write_record_and_readme(record, args.readme, out, 0, started)
 
@@ -129,7 +133,7 @@ def readouts_part(args: argparse.Namespace, out: Path, started: float) -> None:
     `out` is kept as it is."""
     record = kept_record(out, prefixes=("readouts_",))
     spec, cache = graded_spec(args), args.runs / "cache"
-    readouts, drawn = readouts_record(graded_runs(FAMILIES, spec, cache), spec, cache, out)
+    readouts, drawn = readouts_record(graded_runs(GRADED_FAMILIES, spec, cache), spec, cache, out)
     record["readouts"] = readouts
     record["figures"] += [p.name for p in drawn]
     write_record_and_readme(record, args.readme, out, len(drawn), started)
@@ -182,25 +186,17 @@ def protocol(args: argparse.Namespace) -> lp.PromptConfig:
     )
 
 
-def analysis_specs(args: argparse.Namespace) -> dict[str, RunSpec]:
-    """The README's analyses under the protocol, by readout: the raw readout at every site and
-    the logit lens on the residual stream (the model: each family's alias, offline)."""
+def raw_spec(args: argparse.Namespace) -> RunSpec:
+    """The README's raw-readout analysis under the protocol, at every site (the model: each
+    family's alias, offline); the logit-lens runs score its responses (figures_families)."""
     model = ModelConfig(offline=True, device=args.device)
-    raw = RunSpec(model, protocol(args), AnalysisConfig(seed=SEED, batch_size=BATCH))
-    return {"raw": raw, "logit-lens": raw.replace(readout="logit-lens", sites="resid")}
+    return RunSpec(model, protocol(args), AnalysisConfig(seed=SEED, batch_size=BATCH))
 
 
 def graded_spec(args: argparse.Namespace) -> RunSpec:
     """The raw-readout analysis of the graded part: the family protocol with up to
     `--graded-generate` response tokens."""
-    return analysis_specs(args)["raw"].replace(generate=args.graded_generate)
-
-
-def family_runs(args: argparse.Namespace) -> tuple[CompareResult, CompareResult]:
-    """Both families under each of `analysis_specs`, through the run cache in `--runs`."""
-    specs = analysis_specs(args)
-    raw, lens = (compare(FAMILIES, specs[r], cache=args.runs / "cache") for r in specs)
-    return raw, lens
+    return raw_spec(args).replace(generate=args.graded_generate)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -34,6 +34,7 @@ from .findings_format import (
     ENTROPY_OUTPUT,
     RECORD,
     TERMINAL_WIDTH,
+    count_word,
     device_phrase,
     duration,
     wrap,
@@ -206,7 +207,8 @@ def render_compare_tour(figures_dir: Path) -> str:
         (len(lines) - i for i, line in enumerate(lines) if line.startswith("results in")), 0
     )
     intro = (
-        f"Two families on the same problems (the runs are cached under `{tour['cache']}/`, so "
+        f"{count_word(len(record['families'])).capitalize()} families on the same problems "
+        f"(the runs are cached under `{tour['cache']}/`, so "
         "this repeat only loads them):"
     )
     return (

@@ -34,7 +34,7 @@ from layerpolicy.tables.schema import (
     DIFFERENCE_COLUMNS,
     SUMMARY_COLUMNS,
 )
-from scripts import findings, findings_files, make_figures, readme_blocks, tour
+from scripts import findings, findings_files, findings_format, make_figures, readme_blocks, tour
 from scripts.findings_bupo_files import SHOWCASE_FIGURE_TEXT
 from tests.test_plots import make_log, make_summary
 
@@ -461,7 +461,7 @@ def test_short_outputs_are_not_cut():
 def readme_spec(**changes) -> RunSpec:
     """make_figures' raw-readout spec of the README's analyses, on the builtin prompts."""
     parsed = make_figures._parser().parse_args(["--prompts", "builtin"])
-    return make_figures.analysis_specs(SimpleNamespace(**{**vars(parsed), **changes}))["raw"]
+    return make_figures.raw_spec(SimpleNamespace(**{**vars(parsed), **changes}))
 
 
 def test_compare_command_loads_the_runs_family_runs_caches():
@@ -475,7 +475,7 @@ def test_compare_command_loads_the_runs_family_runs_caches():
         runs[source.name] = runs_dir / "cache" / name
     families = make_figures.FAMILIES
     argv = tour.compare_argv(spec, runs_dir, families)
-    assert argv[:4] == ["layerpolicy", "compare", *families]
+    assert argv[: 2 + len(families)] == ["layerpolicy", "compare", *families]
     assert "--cache" not in argv  # the repository's runs/: the command as a user types it
     tour.check_loads_cached(argv, SimpleNamespace(runs=runs))
     changed = readme_spec(generate=make_figures.GENERATE + 1)
@@ -639,3 +639,36 @@ def test_readme_figure_set_is_named_by_family_and_written_as_png(tmp_path):
     ]  # fmt: skip
     assert all(p.stat().st_size > 0 for p in paths)
     assert {p.stem for p in paths} == set(SHOWCASE_FIGURE_TEXT)  # figures/README.md names each
+
+
+# ------------------------------------------------------------------------------ three families
+
+
+def test_a_model_without_chat_template_is_named_as_reading_plain_text():
+    qwen = {"name": "qwen-x", "thinking": False, "chat_template": True}
+    gemma = {"name": "gemma-x", "thinking": None, "chat_template": False}
+    phrase = findings_format.thinking_phrase([qwen, gemma])
+    assert phrase.startswith("chat template in its no-thinking mode; gemma-x without one")
+    assert "plain text" in phrase
+    assert "gemma" not in findings_format.thinking_phrase([qwen])  # only the templated model
+    assert findings_format.thinking_phrase([gemma]).startswith("gemma-x without one")
+
+
+def test_three_families_get_three_sides_and_their_own_figures():
+    record = {
+        "families": ["qwen", "llama", "gemma"],
+        "models": {f: {"name": f"{f}-model"} for f in ("qwen", "llama", "gemma")},
+    }
+    intro, rows, changes = findings._profiles(record)
+    assert "qwen-model left, llama-model middle, gemma-model right" in intro
+    assert rows.count("entropy_profile_gemma.png") == 1 and 'width="32%"' in rows
+    assert changes.startswith("The three models' module entropy changes")
+    record["families"] = ["qwen", "llama"]
+    assert findings._profiles(record)[2].startswith("Both models'")
+
+
+def test_the_protocol_says_the_logit_lens_read_the_raw_responses_only_when_it_did():
+    models = [{"lens_reads_raw_responses": True}, {"lens_reads_raw_responses": True}]
+    assert "same responses" in findings._lens_tokens(models)
+    assert findings._lens_tokens([*models, {"lens_reads_raw_responses": False}]) == ""
+    assert findings._lens_tokens([{}]) == ""  # a record from before the flag
