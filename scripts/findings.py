@@ -262,7 +262,26 @@ def _paper_contrast(record: dict[str, Any], comparison: pd.DataFrame) -> str:
         f"{num(qwen.abruptness, 'undefined')} for {label['qwen']} "
         f"({_order(llama.abruptness, qwen.abruptness)}), and mean |ΔH_mlp| per layer is "
         f"{dh['llama']} against {dh['qwen']} "
-        f"({_order(qwen.mean_abs_dh_mlp, llama.mean_abs_dh_mlp)}). {caveat}"
+        f"({_order(qwen.mean_abs_dh_mlp, llama.mean_abs_dh_mlp)}). "
+        + "".join(_unmeasured(record["models"][f]["name"], raw) for f in _others(record))
+        + caveat
+    )
+
+
+def _others(record: dict[str, Any]) -> list[str]:
+    """The compared families the paper does not measure (neither Llama nor Qwen)."""
+    return [f for f in record["families"] if f not in ("llama", "qwen")]
+
+
+def _unmeasured(name: str, raw: pd.DataFrame) -> str:
+    """One sentence on a family the paper does not measure: the same two statistics."""
+    if name not in raw.index:
+        return ""
+    row = raw.loc[name]
+    return (
+        f"{name}, a family the paper does not measure, has abruptness "
+        f"{num(row.abruptness, 'undefined')} and mean |ΔH_mlp| per layer "
+        f"{num(row.mean_abs_dh_mlp, 'undefined')}. "
     )
 
 

@@ -672,3 +672,17 @@ def test_the_protocol_says_the_logit_lens_read_the_raw_responses_only_when_it_di
     assert "same responses" in findings._lens_tokens(models)
     assert findings._lens_tokens([*models, {"lens_reads_raw_responses": False}]) == ""
     assert findings._lens_tokens([{}]) == ""  # a record from before the flag
+
+
+def test_a_family_the_paper_does_not_measure_gets_its_own_sentence():
+    raw = pd.DataFrame(
+        {"abruptness": [0.5, float("nan")], "mean_abs_dh_mlp": [0.25, 1.5]},
+        index=["gemma-x", "other-x"],
+    )
+    record = {"families": ["qwen", "gemma", "llama", "other"]}
+    assert findings._others(record) == ["gemma", "other"]
+    sentence = findings._unmeasured("gemma-x", raw)
+    assert sentence.startswith("gemma-x, a family the paper does not measure, has abruptness")
+    assert findings.num(0.5, "") in sentence and findings.num(0.25, "") in sentence
+    assert "abruptness undefined" in findings._unmeasured("other-x", raw)
+    assert findings._unmeasured("absent-x", raw) == ""
