@@ -16,6 +16,9 @@ from layerpolicy.tables.values import interval, is_missing
 from . import options
 from .console import console, note
 
+# a model's column in the shape table is as wide as its name (at least this): long cells such as
+# EIC regions wrap under the name instead of widening it until the name itself is folded
+CELL_WIDTH = 16
 _SHOWN = {
     "n_layers": "L",
     "vocab_size": "|V|",
@@ -169,7 +172,8 @@ def print_comparison(comparison) -> None:
     table = Table(title="shape statistics · nats · docs/shape.md")
     table.add_column("")
     for name in comparison["model"]:
-        table.add_column(str(name), justify="right", overflow="fold")
+        width = max(len(str(name)), CELL_WIDTH)
+        table.add_column(str(name), justify="right", overflow="fold", max_width=width)
     for column, title in _SHOWN.items():
         cells = ("-" if is_missing(v) else str(v) for v in comparison[column])
         table.add_row(title, *cells)

@@ -258,3 +258,24 @@ def test_entropy_summary_prints_the_summary_tables_values(tiny_dirs, tmp_path, c
             f"{mlp:+.2f}",
             f"{kl:.2f}",
         ]
+
+
+def test_the_shape_table_keeps_long_model_names_whole_at_100_columns():
+    from layerpolicy.cli import compare as cli_compare
+    from layerpolicy.cli.console import console
+
+    names = ["qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct", "gemma-3-270m"]
+    comparison = pd.DataFrame({column: ["7"] * 3 for column in cli_compare._SHOWN})
+    comparison["model"] = names
+    comparison["eic_attn"] = ["I1 C2-3 I4-8 C9-12 E13 I14-15 C16-30"] * 3
+    width = console.width
+    console.width = 100
+    try:
+        with console.capture() as captured:
+            cli_compare.print_comparison(comparison)
+    finally:
+        console.width = width
+    lines = captured.get().splitlines()
+    assert max(len(line) for line in lines) <= 100
+    header = next(line for line in lines if "smollm2-135m-instruct" in line)
+    assert all(name in header for name in names)  # one header line, no name folded
