@@ -42,9 +42,9 @@ def score_prompts(
     saved = saved_prompts(prompts.responses, prompts.limit)[1] if prompts.responses else None
     with Progress(disable=not progress, transient=True) as bar:
         # a sampled run shows its two phases: each batch is sampled (minutes on a CPU), then scored
-        drawn = bar.add_task(f"sampling {model.info.name}", total=len(items), visible=False)
+        shown = bool(prompts.generate)
+        drawn = bar.add_task(f"sampling {model.info.name}", total=len(items), visible=shown)
         task = bar.add_task(f"scoring {model.info.name}", total=len(items))
-        bar.update(drawn, visible=bool(prompts.generate))
         for batch in _batches(items, config.batch_size):
             encoded, responses = _encode_batch(model, batch, prompts, config, saved)
             bar.advance(drawn, len(batch))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from layerpolicy.comparison import CompareResult, compare
-from layerpolicy.config import PromptConfig
+from layerpolicy.config import ModelConfig, PromptConfig
 from layerpolicy.spec import RunSpec
 
 
@@ -28,22 +28,27 @@ def family_runs(
     return raw, compare([str(d) for d in lens_dirs], cache=cache, progress=False)
 
 
-def logit_lens_spec(raw_dir: Path, raw_spec: RunSpec) -> RunSpec:
-    """The logit-lens analysis of the responses saved in `raw_dir`: residual stream only, the
-    analysis settings of `raw_spec`."""
-    return RunSpec(raw_spec.model, PromptConfig(responses=str(raw_dir)), raw_spec.analysis).replace(
-        readout="logit-lens", sites="resid"
-    )
+def rescoring_spec(model: ModelConfig, raw_dir: Path, base: RunSpec, readout: str) -> RunSpec:
+    """`model` reading the responses saved in `raw_dir` with `readout` on the residual stream
+    only, with the analysis settings of `base`."""
+    prompts = PromptConfig(responses=str(raw_dir))
+    return RunSpec(model, prompts, base.analysis).replace(readout=readout, sites="resid")
+
+
+def label_of(result: CompareResult, readout: str) -> str:
+    """The comparison's label of its (first) run read with `readout`."""
+    rows = result.comparison[result.comparison.readout == readout]
+    return str(rows["model"].iloc[0])
+
+
+def run_of(result: CompareResult, readout: str) -> Path:
+    """The run directory of the comparison's (first) run read with `readout`."""
+    return result.runs[label_of(result, readout)]
 
 
 def logit_lens_run(family: str, raw_dir: Path, raw_spec: RunSpec, cache: Path) -> Path:
     """The run directory of `family`'s logit-lens run of `raw_dir`'s responses (analysed into
     `cache` when missing)."""
-    result = compare(
-        [str(raw_dir), family],
-        logit_lens_spec(raw_dir, raw_spec),
-        allow_mixed_readouts=True,
-        cache=cache,
-    )
-    rows = result.comparison[result.comparison.readout == "logit-lens"]
-    return result.runs[str(rows["model"].iloc[0])]
+    spec = rescoring_spec(raw_spec.model, raw_dir, raw_spec, "logit-lens")
+    result = compare([str(raw_dir), family], spec, allow_mixed_readouts=True, cache=cache)
+    return run_of(result, "logit-lens")

@@ -29,6 +29,7 @@ from layerpolicy.report.figures import save_png
 from layerpolicy.runs import read_json, write_csv
 from layerpolicy.spec import RunSpec
 
+from .figures_families import label_of, rescoring_spec, run_of
 from .figures_record import DIGITS
 from .tour import shown
 
@@ -80,11 +81,7 @@ def family_readouts(
     """The three readouts of one family compared, and its facts (lens, run, shape per readout)."""
     model = ModelConfig(model_spec, device=base.model.device, offline=True)
     lens = fitted_lens(model, LENS_LIMITS[family])
-    spec = RunSpec(
-        model,
-        PromptConfig(responses=str(raw_dir)),
-        base.analysis,
-    ).replace(readout="jacobian-lens", sites="resid", lens=str(lens))
+    spec = rescoring_spec(model, raw_dir, base, "jacobian-lens").replace(lens=str(lens))
     result = compare(
         [str(raw_dir), model_spec],
         spec,
@@ -92,7 +89,7 @@ def family_readouts(
         allow_mixed_readouts=True,
         cache=cache,
     )
-    jacobian_run = result.runs[_label(result, "jacobian-lens")]
+    jacobian_run = run_of(result, "jacobian-lens")
     command = [_home(shown(str(part))) for part in spec.to_argv()]
     shape = result.comparison.set_index("readout")
     facts = {
@@ -149,17 +146,11 @@ def fit_argv(model_spec: str, limit: int) -> list[str]:
 
 def by_readout(result: CompareResult) -> dict[str, pd.DataFrame]:
     """The comparison's summary tables by readout, in READOUTS order."""
-    return {readout: result.summaries[_label(result, readout)] for readout in READOUTS}
+    return {readout: result.summaries[label_of(result, readout)] for readout in READOUTS}
 
 
 def model_name(result: CompareResult) -> str:
     return str(next(iter(result.summaries.values()))["model"].iloc[0])
-
-
-def _label(result: CompareResult, readout: str) -> str:
-    """The comparison's label of the run read with `readout`."""
-    rows = result.comparison[result.comparison.readout == readout]
-    return str(rows["model"].iloc[0])
 
 
 def _plain(value: Any) -> Any:

@@ -30,6 +30,7 @@ from .findings_format import (
     device_phrase,
     duration,
     img,
+    lens_reads_raw_responses,
     missing,
     num,
     read_comparison,
@@ -141,7 +142,7 @@ def _all_of(n: int) -> str:
 
 def _lens_tokens(models: list[dict[str, Any]]) -> str:
     """What the logit-lens runs scored, when they scored the raw runs' saved responses."""
-    if all(m.get("lens_reads_raw_responses") for m in models):
+    if lens_reads_raw_responses(models):
         return " of the same responses (the raw runs' saved responses, scored again)"
     return ""
 

@@ -8,7 +8,14 @@ from typing import Any
 
 from .findings_bupo_files import SHOWCASE_FIGURE_TEXT, showcase_files, showcase_section
 from .findings_correctness import correctness_files
-from .findings_format import COMPARE_OUTPUT, ENTROPY_OUTPUT, RECORD, TERMINAL_WIDTH, thinking_phrase
+from .findings_format import (
+    COMPARE_OUTPUT,
+    ENTROPY_OUTPUT,
+    RECORD,
+    TERMINAL_WIDTH,
+    lens_reads_raw_responses,
+    thinking_phrase,
+)
 from .findings_readouts import figure_text, readout_files
 
 FIGURE_TEXT = {  # figure name -> what figures/README.md says it shows
@@ -70,7 +77,7 @@ def render_figures_readme(record: dict[str, Any]) -> str:
         + (
             ", scoring the responses the raw run saved (`--responses RUN`), so both read the "
             "same tokens."
-            if all(m.get("lens_reads_raw_responses") for m in models)
+            if lens_reads_raw_responses(models)
             else "."
         ),
         f"- Statistics: per-prompt means (each problem's mean over its response tokens), then "

@@ -72,6 +72,11 @@ def _template_phrase(models: list[dict[str, Any]]) -> str:
     )
 
 
+def lens_reads_raw_responses(models: list[dict[str, Any]]) -> bool:
+    """True when every model's logit-lens run scored its raw run's saved responses."""
+    return all(m.get("lens_reads_raw_responses") for m in models)
+
+
 def count_word(n: int) -> str:
     """`n` as an English word where it is small ("three"), else as digits."""
     return {2: "two", 3: "three", 4: "four", 5: "five"}.get(n, str(n))

@@ -98,8 +98,9 @@ def main(argv: list[str] | None = None) -> None:
         parts = {"showcase": showcase_part, "correctness": correctness_part}
         {**parts, "readouts": readouts_part}[args.part](args, out, started)
         return
-    raw, lens = family_runs(FAMILIES, raw_spec(args), args.runs / "cache")
-    tour = quick_tour(raw, raw_spec(args), args.runs, out, FAMILIES)
+    spec, cache = raw_spec(args), args.runs / "cache"
+    raw, lens = family_runs(FAMILIES, spec, cache)
+    tour = quick_tour(raw, spec, args.runs, out, FAMILIES)
     runs = showcase_runs(args.runs, args.device)
 
     vocab_sizes = raw.comparison.set_index("model")["vocab_size"].astype(int).to_dict()
@@ -110,10 +111,10 @@ def main(argv: list[str] | None = None) -> None:
     commands = {label: shlex.join(train_argv(SHOWCASE[label], runs[label].path)) for label in runs}
     facts = showcase_facts(runs, paired, commands)
     record = {**run_record(FAMILIES, raw, lens, facts, written), "quick_tour": tour}
-    spec, cache = graded_spec(args), args.runs / "cache"
-    runs_graded = graded_runs(GRADED_FAMILIES, spec, cache)
-    record["by_correct"] = correctness_record(runs_graded, spec, out)
-    record["readouts"], drawn = readouts_record(runs_graded, spec, cache, out)
+    graded = graded_spec(args)
+    runs_graded = graded_runs(GRADED_FAMILIES, graded, cache)
+    record["by_correct"] = correctness_record(runs_graded, graded, out)
+    record["readouts"], drawn = readouts_record(runs_graded, graded, cache, out)
     record["figures"] += [p.name for p in drawn]
     write_record_and_readme(record, args.readme, out, len(written + drawn), started)
 
